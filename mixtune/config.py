@@ -1,0 +1,120 @@
+"""One strict config for a whole mixtune run.
+
+A YAML file parses into ``MixtuneConfig``; the same object is the Prefect flow's
+parameters, so the UI, a schedule, the CLI and a test all pass the same thing.
+Unknown keys are errors (with their path), so a typo never silently falls back
+to a default. Relative paths resolve against the config file's folder, so a
+config runs the same from any working directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ConfigDict, Field, ValidationError
+
+from mixtune.errors import ConfigError
+from mixtune.sections import (  # noqa: F401  (re-exported: one import for users)
+    TINY_MODEL,
+    DataConfig,
+    ModelConfig,
+    SanitizeConfig,
+    SourceConfig,
+    SplitConfig,
+    StorageConfig,
+    StrictModel,
+    TrackingConfig,
+    ValidateConfig,
+)
+
+
+class MixtuneConfig(StrictModel):
+    name: str = "mixtune"
+    data: DataConfig
+    sanitize: SanitizeConfig = Field(default_factory=SanitizeConfig)
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    # --- sections owned by later stages (mix, categories, train, eval) go below ---
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    def dump(self) -> dict[str, Any]:
+        """The resolved config as plain data, with YAML key names."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+# --- loading ---
+
+
+def _format_problem(err: dict[str, Any]) -> str:
+    path = ""
+    for part in err["loc"]:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not str(part).startswith("function-"):
+            # Discriminated unions put the tag in the path ("columns.label.text"); it helps.
+            path += f".{part}" if path else str(part)
+    if err["type"] == "extra_forbidden":
+        return f"{path}: unknown key"
+    got = err.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    return f"{path or '<root>'}: {err['msg']}{shown}"
+
+
+def parse_config(data: Any, source: str | None = None) -> MixtuneConfig:
+    """Validate plain data; raise ConfigError listing every bad key path."""
+    if not isinstance(data, dict):
+        raise ConfigError([f"<root>: expected a mapping, got {type(data).__name__}"], source)
+    try:
+        return MixtuneConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_format_problem(e) for e in exc.errors()], source) from None
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri and not uri.startswith("hf:")
+
+
+def _resolve_paths(cfg: MixtuneConfig, base: Path) -> MixtuneConfig:
+    def fix(p: str) -> str:
+        return str((base / p).resolve()) if _is_local(p) and not Path(p).is_absolute() else p
+
+    for src in cfg.data.sources:
+        src.uri = fix(src.uri)
+    cfg.storage.root = fix(cfg.storage.root)
+    cfg.model.tiny.corpus_files = [fix(p) for p in cfg.model.tiny.corpus_files]
+    if cfg.model.name_or_path != TINY_MODEL and (base / cfg.model.name_or_path).exists():
+        cfg.model.name_or_path = fix(cfg.model.name_or_path)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> MixtuneConfig:
+    """Read a YAML config; relative paths resolve against the file's folder."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"file not found: {path}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
+    if overrides:
+        data = deep_merge(data or {}, overrides)
+    return _resolve_paths(parse_config(data, str(path)), path.parent.resolve())
+
+
+def deep_merge(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``updates`` merged in, nested mappings merged key by key."""
+    merged = dict(base)
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,73 @@
+"""The few error types mixtune raises.
+
+Whole-file faults (not UTF-8, empty, missing columns, malformed lines) raise
+``DataError``; faults in single rows never raise, they go to a rejects table
+with a snake_case reason so nothing is lost. ``ConfigError`` gathers every bad
+key at once, so a user fixes a config in one pass rather than one key per run.
+"""
+
+from __future__ import annotations
+
+
+class MixtuneError(Exception):
+    """Base class: catch this to handle any mixtune failure."""
+
+
+class DataError(MixtuneError):
+    """Input data that cannot be read as given.
+
+    Reads like "train.jsonl line 3, field messages: not valid JSON" so the user
+    can open the file at the right place.
+    """
+
+    def __init__(
+        self,
+        file: str,
+        reason: str,
+        *,
+        row: int | None = None,
+        field: str | None = None,
+        line: int | None = None,
+        byte_offset: int | None = None,
+    ) -> None:
+        self.file, self.reason = file, reason
+        self.row, self.field, self.line, self.byte_offset = row, field, line, byte_offset
+        where = [file]
+        if line is not None:
+            where.append(f"line {line}")
+        if row is not None:
+            where.append(f"row {row}")
+        if byte_offset is not None:
+            where.append(f"byte {byte_offset}")
+        head = " ".join(where)
+        if field is not None:
+            head += f", field {field}"
+        super().__init__(f"{head}: {reason}")
+
+
+class RejectShareExceeded(MixtuneError):
+    """Validation rejected more rows than the configured threshold allows.
+
+    Carries the reason counts so the message says what to fix first.
+    """
+
+    def __init__(self, source: str, rows_in: int, rows_rejected: int,
+                 max_reject_percent: float, reasons: dict[str, int], rejects_uri: str) -> None:
+        self.source, self.rows_in, self.rows_rejected = source, rows_in, rows_rejected
+        self.reasons = reasons
+        share = 100.0 * rows_rejected / max(rows_in, 1)
+        top = ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        super().__init__(
+            f"source {source!r}: {rows_rejected} of {rows_in} rows rejected ({share:.1f}%), "
+            f"over the {max_reject_percent:g}% limit (validate.max_reject_percent). "
+            f"Reasons: {top}. Rejected rows with reasons are in {rejects_uri}"
+        )
+
+
+class ConfigError(MixtuneError):
+    """A config that does not parse; lists every bad key path at once."""
+
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        self.problems = problems
+        head = f"invalid config {source}" if source else "invalid config"
+        super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in problems))

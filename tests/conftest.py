@@ -1,0 +1,61 @@
+"""Shared fixtures: offline environment, a real Prefect test server, the tiny model.
+
+The environment is set before anything imports transformers, Prefect or MLflow,
+so no test can reach for the network or write into the user's home.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+_HOME = Path(tempfile.mkdtemp(prefix="mixtune-tests-"))
+os.environ.update(
+    HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
+    TOKENIZERS_PARALLELISM="false", DO_NOT_TRACK="true", MLFLOW_DISABLE_TELEMETRY="true",
+    PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+    HF_HOME=str(_HOME / "hf"), PREFECT_HOME=str(_HOME / "prefect"),
+    NLTK_DATA=str(REPO / "data" / "nltk_data"),
+    PREFECT_LOGGING_TO_API_ENABLED="false",
+)
+
+import pytest  # noqa: E402
+
+from mixtune.sections import TinyModelConfig  # noqa: E402
+
+DEMO_CORPUS = REPO / "data" / "medquad" / "medquad_4k.jsonl"
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real Prefect API on a temporary sqlite database, shared by the session's flow tests."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        # The heartbeat thread adds ~1 s to every flow call and tells a test nothing.
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+
+
+def tiny_model_config(**overrides) -> TinyModelConfig:
+    """Small enough to build in about a second, on the shipped demo text."""
+    return TinyModelConfig(corpus_files=[str(DEMO_CORPUS)], vocab_size=512, max_position_embeddings=1024,
+                           **overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny Llama folder with a trained tokenizer and chat template, built once per session."""
+    from mixtune.tiny_model import build_tiny_model
+
+    return build_tiny_model(tiny_model_config(), tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)

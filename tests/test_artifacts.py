@@ -1,0 +1,61 @@
+"""Artifact store: tables + manifest, reconciled counts, stable fingerprints."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from mixtune.artifacts import ArtifactRef, ArtifactStore, fingerprint, storage_options
+from mixtune.sections import SplitConfig, StorageConfig
+
+
+def test_fingerprint_ignores_dict_order_and_uses_artifact_content():
+    assert fingerprint({"a": 1, "b": 2}) == fingerprint({"b": 2, "a": 1})
+    ref_here = ArtifactRef(stage="s", name="n", uri="/x/1", fingerprint="abc")
+    ref_there = ArtifactRef(stage="s", name="n", uri="s3://b/1", fingerprint="abc")
+    assert fingerprint(ref_here, SplitConfig()) == fingerprint(ref_there, SplitConfig())
+    assert fingerprint(SplitConfig(seed=1)) != fingerprint(SplitConfig(seed=2))
+
+
+def test_commit_writes_tables_then_manifest_and_reads_back(tmp_path):
+    store = ArtifactStore(StorageConfig(root=str(tmp_path / "root")))
+    kept = pl.DataFrame({"_row_id": [0, 2], "text": ["a", "c"]})
+    rejects = pl.DataFrame({"_row_id": [1], "reason": ["empty_content"]})
+    parent = ArtifactRef(stage="download", name="d", uri="/p", fingerprint="f0")
+    ref = store.commit(stage="validate", name="d", key="k" * 64, tables={"data": kept, "rejects": rejects},
+                       parents=[parent], parameters={"max_length": 8}, rows_in=3, rows_kept=2, rows_rejected=1)
+    assert ref.tables == {"data": 2, "rejects": 1}
+    assert store.read_table(ref).equals(kept)
+    assert store.read_table(ref, "rejects").equals(rejects)
+    manifest = json.loads((tmp_path / "root" / "validate" / f"d-{'k' * 16}" / "manifest.json").read_text())
+    assert manifest["counts"] == {"rows_in": 3, "rows_kept": 2, "rows_rejected": 1}
+    assert manifest["parents"][0]["fingerprint"] == "f0"
+    assert manifest["schema"]["data"] == {"_row_id": "Int64", "text": "String"}
+    assert store.find("validate", "d", "k" * 64) == ref
+    assert store.find("validate", "d", "z" * 64) is None
+
+
+def test_commit_refuses_counts_that_do_not_reconcile(tmp_path):
+    store = ArtifactStore(StorageConfig(root=str(tmp_path)))
+    with pytest.raises(ValueError, match="do not reconcile"):
+        store.commit(stage="s", name="n", key="k" * 64, tables={"data": pl.DataFrame({"a": [1]})},
+                     rows_in=3, rows_kept=1, rows_rejected=1)
+
+
+def test_same_frame_writes_same_bytes(tmp_path):
+    store = ArtifactStore(StorageConfig(root=str(tmp_path)))
+    frame = pl.DataFrame({"a": list(range(100)), "b": [str(i) for i in range(100)]})
+    store.write_table(store.uri("x"), "t", frame)
+    store.write_table(store.uri("y"), "t", frame)
+    assert (tmp_path / "x/t/part-00000.parquet").read_bytes() == (tmp_path / "y/t/part-00000.parquet").read_bytes()
+
+
+def test_storage_options_carry_endpoint_but_never_keys(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
+    cfg = StorageConfig(root="s3://bucket/prefix", endpoint_url="http://127.0.0.1:9000", region="eu-west-1")
+    opts = storage_options(cfg)
+    assert opts == {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000", "region_name": "eu-west-1"}}
+    assert "very-secret-value" not in json.dumps(opts) + cfg.model_dump_json()
+    assert storage_options(StorageConfig(root="/tmp/x")) == {}
