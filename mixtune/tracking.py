@@ -1,0 +1,103 @@
+"""MLflow tracking: one parent run per pipeline or sweep, one child run per mix.
+
+Parameters are the whole resolved config, flattened to dotted keys
+(``mix.domain_percent``), so runs can be filtered in the MLflow UI the way
+users already think of them. The config holds no secrets by design (S3 keys
+and API keys come from the environment), and ``redact`` is a second guard for
+anything that looks like one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from mixtune.sections import StorageConfig, TrackingConfig
+
+# MLflow rejects longer param values; a longer one is cut with a marker.
+_MAX_PARAM_CHARS = 6000
+_SECRET_KEY = re.compile(r"(.*[_-])?(secret|password|token|api_key|access_key|secret_key)", re.IGNORECASE)
+
+
+def tracking_uri(tracking: TrackingConfig, storage: StorageConfig) -> str:
+    """The configured URI, else a sqlite file beside a local storage root."""
+    if tracking.mlflow_tracking_uri:
+        return tracking.mlflow_tracking_uri
+    if storage.root.startswith("s3://"):
+        return f"sqlite:///{Path('.mixtune/mlflow.db').resolve()}"
+    return f"sqlite:///{Path(storage.root).resolve().parent / 'mlflow.db'}"
+
+
+def _artifact_location(tracking: TrackingConfig, storage: StorageConfig) -> str | None:
+    """Artifacts next to the data for file-based stores; a server decides its own."""
+    uri = tracking_uri(tracking, storage)
+    if uri.startswith(("http://", "https://", "databricks")):
+        return None
+    root = storage.root.rstrip("/")
+    return f"{root}/_mlflow" if root.startswith("s3://") else Path(root, "_mlflow").resolve().as_uri()
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"a.b.c": "value"}; lists of mappings are indexed ("sources.0.name")."""
+    flat: dict[str, str] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(data, list) and any(isinstance(v, (dict, list)) for v in data):
+        for i, value in enumerate(data):
+            flat.update(flatten(value, f"{prefix}.{i}"))
+    else:
+        text = str(data)
+        flat[prefix] = text if len(text) <= _MAX_PARAM_CHARS else text[: _MAX_PARAM_CHARS - 3] + "..."
+    return flat
+
+
+def redact(params: dict[str, str]) -> dict[str, str]:
+    """Drop values whose key names a secret; the config should never hold one."""
+    return {k: ("<redacted>" if _SECRET_KEY.fullmatch(k.rsplit(".", 1)[-1]) else v) for k, v in params.items()}
+
+
+def _experiment_id(mlflow: Any, tracking: TrackingConfig, storage: StorageConfig) -> str:
+    experiment = mlflow.get_experiment_by_name(tracking.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    return mlflow.create_experiment(tracking.experiment, artifact_location=_artifact_location(tracking, storage))
+
+
+@contextmanager
+def mlflow_run(
+    tracking: TrackingConfig,
+    storage: StorageConfig,
+    run_name: str,
+    *,
+    parent_run_id: str | None = None,
+    run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> Iterator[Any]:
+    """Start (or resume, with ``run_id``) a run; a child when ``parent_run_id`` is given."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    client_uri = tracking_uri(tracking, storage)
+    mlflow.set_tracking_uri(client_uri)
+    if storage.endpoint_url and storage.root.startswith("s3://"):
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", storage.endpoint_url)
+    experiment_id = _experiment_id(mlflow, tracking, storage)
+    # nested=True lets a child start while its parent is active in this thread;
+    # parent_run_id makes the link explicit when the parent lives elsewhere.
+    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
+                          run_name=None if run_id else run_name, tags=tags or None,
+                          parent_run_id=parent_run_id, nested=True) as run:
+        yield run
+
+
+def log_config(mlflow: Any, config_dump: dict[str, Any]) -> None:
+    """The resolved config as params (flattened, redacted) and as one JSON artifact."""
+    params = redact(flatten(config_dump))
+    items = sorted(params.items())
+    for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+        mlflow.log_params(dict(items[start:start + 100]))
+    mlflow.log_dict(config_dump, "config/resolved_config.json")

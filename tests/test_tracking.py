@@ -1,0 +1,53 @@
+"""MLflow tracking against a real server on 127.0.0.1: parent/child runs, params, no secrets."""
+
+from __future__ import annotations
+
+import pytest
+
+from mixtune.sections import StorageConfig, TrackingConfig
+from mixtune.tracking import flatten, log_config, mlflow_run, redact, tracking_uri
+from mlflow_server import running_mlflow_server
+
+
+def test_flatten_dotted_keys_and_indexed_lists():
+    flat = flatten({"mix": {"domain_percent": 75, "weights": {"math": 2}},
+                    "data": {"sources": [{"name": "a"}]}, "tags": ["x", "y"]})
+    assert flat == {"mix.domain_percent": "75", "mix.weights.math": "2", "data.sources.0.name": "a",
+                    "tags": "['x', 'y']"}
+
+
+def test_redact_hides_secret_looking_keys_only():
+    assert redact({"judge.api_key": "sk-1", "judge.api_key_env": "OPENAI_API_KEY", "a.b": "1"}) == {
+        "judge.api_key": "<redacted>", "judge.api_key_env": "OPENAI_API_KEY", "a.b": "1"}
+
+
+def test_default_tracking_uri_is_sqlite_beside_local_root(tmp_path):
+    uri = tracking_uri(TrackingConfig(), StorageConfig(root=str(tmp_path / "store")))
+    assert uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def mlflow_url(tmp_path_factory):
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
+        yield url
+
+
+def test_parent_and_child_runs_on_a_real_server(mlflow_url, tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-log-this")
+    tracking = TrackingConfig(mlflow_tracking_uri=mlflow_url, experiment="t-parent-child")
+    storage = StorageConfig(root=str(tmp_path))
+    with mlflow_run(tracking, storage, "sweep") as parent:
+        log_config(mlflow, {"mix": {"domain_percent": 75}, "storage": {"root": "s3://b/p"}})
+        with mlflow_run(tracking, storage, "mix-75", parent_run_id=parent.info.run_id) as child:
+            mlflow.log_metric("domain/rougeL", 0.5)
+    client = mlflow.MlflowClient(mlflow_url)
+    child_run = client.get_run(child.info.run_id)
+    assert child_run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child_run.data.metrics["domain/rougeL"] == 0.5
+    parent_run = client.get_run(parent.info.run_id)
+    assert parent_run.data.params["mix.domain_percent"] == "75"
+    assert "never-log-this" not in str(parent_run.data.params)
+    files = [f.path for f in client.list_artifacts(parent.info.run_id, "config")]
+    assert files == ["config/resolved_config.json"]
