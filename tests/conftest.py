@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 
 from mixtune.sections import TinyModelConfig  # noqa: E402
 
-DEMO_CORPUS = REPO / "data" / "medquad" / "medquad_4k.jsonl"
+DEMO_CORPUS = REPO / "data" / "medquad" / "medquad.jsonl"
 
 
 @pytest.fixture(scope="session")

@@ -90,7 +90,7 @@ def test_config_round_trips_through_dump():
 def test_cli_config_check_prints_resolved_config(capsys):
     assert main(["config", "check", str(REPO / "configs" / "demo.yaml")]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["data"]["sources"][0]["uri"].endswith("data/medquad/medquad_4k.jsonl")
+    assert printed["data"]["sources"][0]["uri"].endswith("data/medquad/medquad.jsonl")
     assert printed["validate"]["max_length"] == 512
 
 
