@@ -116,6 +116,22 @@ class SanitizeRule(StrictModel):
     replacement: str = Field("", description="use ${1} for groups, $$ for a literal $")
     literal: bool = False
 
+    @model_validator(mode="after")
+    def _rust_regex(self) -> "SanitizeRule":
+        # Checked at load time so a bad rule names its key path instead of failing mid-run.
+        if not self.literal and re.search(r"\\[0-9]", self.replacement):
+            raise ValueError(r"polars takes \1 literally in a replacement; write ${1}")
+        if not self.literal:
+            import polars as pl
+
+            try:
+                pl.select(pl.lit("").str.contains(self.pattern))
+            except pl.exceptions.PolarsError as exc:
+                lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+                why = next((ln for ln in lines if ln.startswith("error:")), lines[0] if lines else "")
+                raise ValueError(f"pattern {self.pattern!r} is not a valid Rust regex ({why})") from None
+        return self
+
 
 class SanitizeConfig(StrictModel):
     """Strings a chat model must never see as plain text."""
@@ -132,6 +148,16 @@ class SanitizeConfig(StrictModel):
         True, description="also remove every special token of the model's tokenizer"
     )
     extra_rules: list[SanitizeRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_rule_names(self) -> "SanitizeConfig":
+        # Hits are counted per rule name, so two rules with one name would merge their counts.
+        builtin = {"model_special_tokens", "reserved_literals", "role_prefixes"}
+        names = [r.name for r in self.extra_rules]
+        clashes = sorted({n for n in names if names.count(n) > 1 or n in builtin})
+        if clashes:
+            raise ValueError(f"extra_rules names must be unique and not {sorted(builtin)}: {clashes}")
+        return self
 
 
 class ValidateConfig(StrictModel):

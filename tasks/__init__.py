@@ -1,0 +1,1 @@
+"""Prefect tasks: one thin wrapper per stage around the core ``mixtune`` library."""

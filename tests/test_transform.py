@@ -1,0 +1,149 @@
+"""Transform: each column mapping to chat messages, system turns, row rejects, file errors."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from mixtune.errors import DataError
+from mixtune.sections import SourceConfig
+from mixtune.transform import MESSAGES_DTYPE, REJECTS_SCHEMA, transform
+
+
+def _frame(**columns) -> pl.DataFrame:
+    rows = len(next(iter(columns.values())))
+    lineage = {"_row_id": list(range(rows)), "_source_file": ["train.jsonl"] * rows,
+               "_source_row": list(range(rows))}
+    return pl.DataFrame({**lineage, **columns})
+
+
+def _source(**kw) -> SourceConfig:
+    return SourceConfig(name="demo", uri="data/train.jsonl", **kw)
+
+
+def U(c):
+    return {"role": "user", "content": c}
+
+
+def A(c):
+    return {"role": "assistant", "content": c}
+
+
+def S(c):
+    return {"role": "system", "content": c}
+
+
+def test_prompt_response_builds_user_and_assistant_turns():
+    result = transform(_frame(question=["q1", "q2"], answer=["a1", "a2"], topic=["x", "y"]), _source())
+    assert result.frame.schema["messages"] == MESSAGES_DTYPE
+    assert result.frame["messages"].to_list() == [[U("q1"), A("a1")], [U("q2"), A("a2")]]
+    # every other column and the lineage stay for split and later stages
+    assert result.frame.columns == ["_row_id", "_source_file", "_source_row", "question", "answer",
+                                    "topic", "messages"]
+    assert result.rejects.height == 0
+
+
+def test_instruction_appends_input_only_when_it_has_text():
+    frame = _frame(instruction=["Sum", "Say hi", "Name it"], input=["1 2", "  ", None],
+                   output=["3", "hi", "it"])
+    result = transform(frame, _source(columns={"kind": "instruction"}))
+    assert [m[0]["content"] for m in result.frame["messages"].to_list()] == ["Sum\n\n1 2", "Say hi", "Name it"]
+    assert result.rejects.height == 0
+
+
+def test_label_mode_answers_the_label_as_text():
+    frame = _frame(review=["great", "bad"], stars=[5, 1])
+    source = _source(columns={"kind": "label", "text": "review", "label": "stars",
+                              "instruction": "Rate the review."})
+    result = transform(frame, source)
+    assert result.frame["messages"].to_list() == [
+        [U("Rate the review.\n\ngreat"), A("5")], [U("Rate the review.\n\nbad"), A("1")]]
+
+
+def test_system_prompt_constant_goes_first():
+    result = transform(_frame(question=["q"], answer=["a"]), _source(system_prompt="Be brief."))
+    assert result.frame["messages"].to_list() == [[S("Be brief."), U("q"), A("a")]]
+
+
+def test_system_column_per_row_and_blank_means_no_system_turn():
+    frame = _frame(question=["q1", "q2", "q3"], answer=["a1", "a2", "a3"], persona=["Doctor.", " ", None])
+    result = transform(frame, _source(system_column="persona"))
+    assert result.frame["messages"].to_list() == [
+        [S("Doctor."), U("q1"), A("a1")], [U("q2"), A("a2")], [U("q3"), A("a3")]]
+    assert result.rejects.height == 0
+
+
+def test_messages_column_multi_turn_keeps_system_turns_in_place_and_drops_extra_keys():
+    conversation = [{"role": "user", "content": "hi", "name": "ann"}, A("hello"),
+                    S("switch to French"), U("bonjour?"), A("oui")]
+    frame = _frame(messages=[conversation])
+    result = transform(frame, _source(columns={"kind": "messages"}))
+    assert result.frame.schema["messages"] == MESSAGES_DTYPE
+    assert result.frame["messages"].to_list() == [[U("hi"), A("hello"), S("switch to French"),
+                                                   U("bonjour?"), A("oui")]]
+
+
+def test_messages_as_json_strings_parse_and_renamed_column_is_replaced():
+    conversation = [S("own"), U("q"), {"role": "assistant", "content": "a", "weight": 1}]
+    frame = _frame(conv=[json.dumps(conversation), json.dumps([U("q2"), A("a2")])])
+    result = transform(frame, _source(columns={"kind": "messages", "messages": "conv"},
+                                      system_prompt="Default."))
+    # a row with its own system turn keeps it; others get the configured one
+    assert result.frame["messages"].to_list() == [[S("own"), U("q"), A("a")],
+                                                  [S("Default."), U("q2"), A("a2")]]
+    assert "conv" not in result.frame.columns
+
+
+def test_bad_messages_rows_are_rejected_with_reason_and_field():
+    frame = _frame(conv=['[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]',
+                         "{not json", '{"role": "user"}', '[{"content": "no role"}]', None])
+    result = transform(frame, _source(columns={"kind": "messages", "messages": "conv"}))
+    assert result.frame["_row_id"].to_list() == [0]
+    assert result.rejects.schema == pl.Schema(REJECTS_SCHEMA)
+    assert result.rejects["_source_row"].to_list() == [1, 2, 3, 4]
+    assert result.rejects["reason"].to_list() == ["bad_messages"] * 3 + ["missing_value"]
+    assert set(result.rejects["field"].to_list()) == {"conv"}
+    assert result.rejects["detail"][0].startswith("not valid JSON")
+
+
+def test_roleless_turn_in_struct_messages_is_bad_messages():
+    frame = _frame(messages=[[U("q"), A("a")], [{"role": None, "content": "x"}, A("a")]])
+    result = transform(frame, _source(columns={"kind": "messages"}))
+    assert result.rejects.select("_row_id", "reason", "detail").rows() == [
+        (1, "bad_messages", "turn 0 has no role")]
+
+
+def test_null_in_mapped_column_rejects_the_row_as_missing_value():
+    frame = _frame(question=["q1", None, "q3", "q4"], answer=["a1", "a2", None, ""])
+    result = transform(frame, _source())
+    assert result.frame["_row_id"].to_list() == [0, 3]  # empty text is for validate to judge
+    assert result.rejects.select("_row_id", "_source_file", "field", "reason").rows() == [
+        (1, "train.jsonl", "question", "missing_value"), (2, "train.jsonl", "answer", "missing_value")]
+    assert result.frame.height + result.rejects.height == frame.height
+
+
+def test_missing_column_names_the_file_the_column_and_the_columns_present():
+    frame = _frame(prompt=["q"], completion=["a"])
+    with pytest.raises(DataError) as raised:
+        transform(frame, _source())
+    message = str(raised.value)
+    assert message.startswith("train.jsonl")
+    assert "missing column 'question'" in message
+    assert "columns present: prompt, completion" in message
+    assert raised.value.field == "question"
+
+
+def test_missing_optional_input_column_hints_to_set_it_null():
+    with pytest.raises(DataError, match="set columns.input: null"):
+        transform(_frame(instruction=["i"], output=["o"]), _source(columns={"kind": "instruction"}))
+    result = transform(_frame(instruction=["i"], output=["o"]),
+                       _source(columns={"kind": "instruction", "input": None}))
+    assert result.frame["messages"].to_list() == [[U("i"), A("o")]]
+
+
+def test_messages_turns_without_content_field_fail_the_file():
+    frame = _frame(messages=[[{"from": "human", "value": "q"}]])
+    with pytest.raises(DataError, match="expected text fields role and content"):
+        transform(frame, _source(columns={"kind": "messages"}))
