@@ -16,6 +16,7 @@ import yaml
 from pydantic import ConfigDict, Field, ValidationError
 
 from mixtune.errors import ConfigError
+from mixtune.mix_spec import CategoryCatalog, MixSpec, resolve_catalog
 from mixtune.sections import (  # noqa: F401  (re-exported: one import for users)
     TINY_MODEL,
     DataConfig,
@@ -40,6 +41,11 @@ class MixtuneConfig(StrictModel):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     # --- sections owned by later stages (mix, categories, train, eval) go below ---
+    catalog: str | None = Field(None, description="catalog YAML file; relative to this config")
+    categories: CategoryCatalog = Field(
+        default_factory=dict, description="category -> sources; replaces/extends the catalog's"
+    )
+    mix: MixSpec = Field(default_factory=MixSpec)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
@@ -90,6 +96,7 @@ def _resolve_paths(cfg: MixtuneConfig, base: Path) -> MixtuneConfig:
     cfg.model.tiny.corpus_files = [fix(p) for p in cfg.model.tiny.corpus_files]
     if cfg.model.name_or_path != TINY_MODEL and (base / cfg.model.name_or_path).exists():
         cfg.model.name_or_path = fix(cfg.model.name_or_path)
+    resolve_catalog(cfg, base)  # mix_spec: merge the catalog file, resolve its paths, check the mix
     return cfg
 
 
