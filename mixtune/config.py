@@ -16,6 +16,7 @@ import yaml
 from pydantic import ConfigDict, Field, ValidationError
 
 from mixtune.errors import ConfigError
+from mixtune.eval_config import EvalConfig
 from mixtune.mix_spec import CategoryCatalog, MixSpec, resolve_catalog
 from mixtune.sections import (  # noqa: F401  (re-exported: one import for users)
     TINY_MODEL,
@@ -46,6 +47,7 @@ class MixtuneConfig(StrictModel):
         default_factory=dict, description="category -> sources; replaces/extends the catalog's"
     )
     mix: MixSpec = Field(default_factory=MixSpec)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
@@ -96,6 +98,8 @@ def _resolve_paths(cfg: MixtuneConfig, base: Path) -> MixtuneConfig:
     cfg.model.tiny.corpus_files = [fix(p) for p in cfg.model.tiny.corpus_files]
     if cfg.model.name_or_path != TINY_MODEL and (base / cfg.model.name_or_path).exists():
         cfg.model.name_or_path = fix(cfg.model.name_or_path)
+    if cfg.eval.data_dir is not None:
+        cfg.eval.data_dir = fix(cfg.eval.data_dir)
     resolve_catalog(cfg, base)  # mix_spec: merge the catalog file, resolve its paths, check the mix
     return cfg
 
