@@ -2,15 +2,17 @@
 
     mixtune prepare configs/demo.yaml
 
-Every stage is cached by its inputs' fingerprints, its parameters and its code
-version, so a second run with nothing changed executes no stage, and a changed
-sanitize rule re-runs sanitize and what follows, not download.
+Domain sources are split into train/val/test; the curated category sources a
+mix draws from go through the same cached stages and are used whole for
+training. Every stage is cached by its inputs' fingerprints, its parameters
+and its code version: a second run with nothing changed executes no stage, a
+changed sanitize rule re-runs sanitize and what follows, not download.
 """
 
 from __future__ import annotations
 
-from prefect import flow
-from pydantic import BaseModel
+from prefect import Task, flow
+from pydantic import BaseModel, Field
 
 from mixtune.artifacts import ArtifactRef
 from mixtune.config import MixtuneConfig
@@ -25,16 +27,17 @@ from tasks.validate import validate
 
 
 class PreparedData(BaseModel):
-    """What the mix and evaluation stages need from prepare."""
+    """What the mix, training and evaluation stages need from prepare."""
 
     model_path: str
     domain: list[ArtifactRef]  # validated rows per domain source
     split: ArtifactRef  # train / val / test over all domain sources
+    categories: dict[str, list[ArtifactRef]] = Field(default_factory=dict)  # validated rows per source
 
 
-def prepare_source(source: SourceConfig, config: MixtuneConfig) -> ArtifactRef:
+def prepare_source(source: SourceConfig, config: MixtuneConfig, stages: list[Task]) -> ArtifactRef:
     """One source from its URI to validated chat rows."""
-    download_, sanitize_, transform_, validate_ = bind(config.storage, download, sanitize, transform, validate)
+    download_, sanitize_, transform_, validate_ = stages
     raw = download_(source, config.storage)
     clean = sanitize_(raw, source, config.sanitize, config.model, config.storage)
     rows = transform_(clean, source, config.storage)
@@ -42,9 +45,16 @@ def prepare_source(source: SourceConfig, config: MixtuneConfig) -> ArtifactRef:
 
 
 @flow(name="prepare", log_prints=True)
-def prepare(config: MixtuneConfig) -> PreparedData:
-    """Turn the configured domain sources into validated, split chat data."""
+def prepare(config: MixtuneConfig, categories: list[str] | None = None) -> PreparedData:
+    """Validated, split domain data plus the category sources (default: those the mix weights)."""
+    stages = bind(config.storage, download, sanitize, transform, validate, split)
     model_path = log_model(config.model, config.storage)  # the tokenizer validate counts with
-    domain = [prepare_source(source, config) for source in config.data.sources]
-    (split_,) = bind(config.storage, split)
-    return PreparedData(model_path=model_path, domain=domain, split=split_(domain, config.split, config.storage))
+    domain = [prepare_source(source, config, stages[:4]) for source in config.data.sources]
+    domain_split = stages[4](domain, config.split, config.storage)
+    wanted = sorted(config.mix.category_weights()) if categories is None else sorted(categories)
+    prepared_categories = {
+        category: [prepare_source(source, config, stages[:4]) for source in config.categories[category]]
+        for category in wanted
+    }
+    return PreparedData(model_path=model_path, domain=domain, split=domain_split,
+                        categories=prepared_categories)

@@ -17,6 +17,7 @@ from pydantic import ConfigDict, Field, ValidationError
 
 from mixtune.errors import ConfigError
 from mixtune.eval_config import EvalConfig
+from mixtune.train_config import TrainConfig
 from mixtune.mix_spec import CategoryCatalog, MixSpec, resolve_catalog
 from mixtune.sections import (  # noqa: F401  (re-exported: one import for users)
     TINY_MODEL,
@@ -47,6 +48,7 @@ class MixtuneConfig(StrictModel):
         default_factory=dict, description="category -> sources; replaces/extends the catalog's"
     )
     mix: MixSpec = Field(default_factory=MixSpec)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)

@@ -46,20 +46,25 @@ def demo_like_config(tmp_path: Path, data: Path, **sections) -> dict:
 
 
 async def _task_states(flow_state, timeout_s: float = 30) -> dict[str, list[str]]:
-    """Final task run states by stage; Prefect 3 records them asynchronously, so wait for them."""
+    """Final task run states by stage, as the UI shows them.
+
+    Prefect 3 records states from events, asynchronously and not always in
+    order, so read until every run is final and two reads a second apart agree.
+    """
     deadline = time.monotonic() + timeout_s
+    flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
+    previous = None
     async with get_client() as client:
         while True:
-            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
+            runs = await client.read_task_runs(flow_run_filter=flow_run)
+            states: dict[str, list[str]] = {}
+            for run in sorted(runs, key=lambda r: r.name):
+                states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name if run.state else "<none>")
             settled = runs and all(r.state is not None and r.state.is_final() for r in runs)
-            if settled or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
-    states: dict[str, list[str]] = {}
-    for run in runs:
-        states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name if run.state else "<none>")
-    return states
+            if (settled and states == previous) or time.monotonic() > deadline:
+                return states
+            previous = states if settled else None
+            await asyncio.sleep(1.0)
 
 
 def task_states(flow_state) -> dict[str, list[str]]:

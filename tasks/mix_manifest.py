@@ -1,0 +1,68 @@
+"""mix-manifest task: the exact training order for one mix, and the realized mix."""
+
+from __future__ import annotations
+
+import polars as pl
+from prefect import get_run_logger
+from prefect.artifacts import create_table_artifact
+
+import mixtune.manifest as core
+import mixtune.mix_plan as plan_core
+import mixtune.mix_spec as spec_core
+from mixtune.artifacts import ArtifactRef, ArtifactStore, fingerprint
+from mixtune.mix_spec import DOMAIN, MixSpec
+from mixtune.sections import StorageConfig
+from mixtune.train_config import TrainConfig
+from tasks._stage import artifact_key, current_key, stage_task
+
+
+def mix_sources(store: ArtifactStore, split: ArtifactRef,
+                categories: dict[str, list[ArtifactRef]]) -> list[core.MixSource]:
+    """Every source's train rows: each domain source's train split, each category source whole."""
+    train = store.read_table(split, "train").select("_source", "_row_id", "num_tokens")
+    sources = [
+        core.MixSource(name=name, category=DOMAIN, frame=rows.drop("_source"),
+                       fingerprint=fingerprint(split.fingerprint, name))
+        for (name,), rows in sorted(train.partition_by("_source", as_dict=True).items())
+    ]
+    for category, refs in sorted(categories.items()):
+        for ref in refs:
+            rows = store.read_table(ref).select("_row_id", "num_tokens")
+            sources.append(core.MixSource(name=ref.name, category=category, frame=rows,
+                                          fingerprint=ref.fingerprint))
+    return sources
+
+
+def run_size(train: TrainConfig) -> dict[str, float | int | None]:
+    """max_steps x global batch, else epochs over the domain train rows (default one)."""
+    if train.max_steps is not None:
+        return {"global_batch_size": train.global_batch_size, "max_steps": train.max_steps, "epochs": None}
+    return {"global_batch_size": train.global_batch_size, "max_steps": None, "epochs": train.epochs or 1.0}
+
+
+@stage_task("mix-manifest", core, plan_core, spec_core)
+def mix_manifest(name: str, split: ArtifactRef, categories: dict[str, list[ArtifactRef]], mix: MixSpec,
+                 size: dict[str, float | int | None], storage: StorageConfig) -> ArtifactRef:
+    """Stratified batches: after any prefix each source is within one row of its exact share."""
+    store = ArtifactStore(storage)
+    if (ref := store.find("mix-manifest", name, key := current_key())) is None:
+        sources = mix_sources(store, split, categories)
+        manifest = core.build_manifest(mix, sources, **size)
+        planned = manifest.schedule.height
+        ref = store.commit(
+            stage="mix-manifest", name=name, key=key,
+            tables={"schedule": manifest.schedule, "summary": manifest.summary},
+            parents=[split, *(r for refs in categories.values() for r in refs)],
+            parameters={"mix": mix, "size": size}, rows_in=planned, rows_kept=planned,
+            extra={"warnings": manifest.warnings, "totals": manifest.totals},
+        )
+    summary = store.read_table(ref, "summary")
+    for warning in store.manifest(ref)["warnings"]:
+        get_run_logger().warning("mix %s: %s", name, warning)
+    create_table_artifact(key=artifact_key(f"mix-realized-{name}"), table=_rows(summary),
+                          description=f"Realized mix `{name}`: planned vs realized samples and tokens")
+    return ref
+
+
+def _rows(frame: pl.DataFrame) -> list[dict]:
+    return [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in frame.to_dicts()]
