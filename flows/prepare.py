@@ -15,7 +15,7 @@ from prefect import Task, flow
 from pydantic import BaseModel, Field
 
 from mixtune.artifacts import ArtifactRef
-from mixtune.config import MixtuneConfig
+from mixtune.config import MixtuneConfig, resolve_config
 from mixtune.sections import SourceConfig
 from tasks._stage import bind
 from tasks.download import download
@@ -47,6 +47,7 @@ def prepare_source(source: SourceConfig, config: MixtuneConfig, stages: list[Tas
 @flow(name="prepare", log_prints=True)
 def prepare(config: MixtuneConfig, categories: list[str] | None = None) -> PreparedData:
     """Validated, split domain data plus the category sources (default: those the mix weights)."""
+    config = resolve_config(config)  # a deployment passes it unresolved
     stages = bind(config.storage, download, sanitize, transform, validate, split)
     model_path = log_model(config.model, config.storage)  # the tokenizer validate counts with
     domain = [prepare_source(source, config, stages[:4]) for source in config.data.sources]

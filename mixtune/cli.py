@@ -1,6 +1,8 @@
 """The ``mixtune`` command.
 
     mixtune demo                          # the offline demo, end to end
+    mixtune run CONFIG                    # prepare -> mix -> train -> evaluate -> compare
+    mixtune sweep CONFIG [--domain-percent 100,75,50,25]   # several mixes, one report
     mixtune prepare CONFIG                # download -> ... -> split, cached
     mixtune config check CONFIG           # print the resolved config, or every bad key
     mixtune mix plan CONFIG [--json]      # the planned mix, without training
@@ -13,7 +15,6 @@ lazily so ``config check`` and ``check-data`` start fast.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -38,6 +39,9 @@ _RUN_DEFAULTS = {
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    # Progress bars of every library interleave in a flow's log; Prefect shows progress instead.
+    "TQDM_DISABLE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 }
 
 
@@ -93,12 +97,55 @@ def _cmd_mix_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from mixtune.config import load_config
+
+    _set_defaults(_RUN_DEFAULTS)
+    cfg = load_config(args.config)
+    from flows.pipeline import pipeline
+
+    result = pipeline(cfg, train_deployment=args.train_deployment)
+    _print_where(cfg, result.report, result.mlflow_run_id)
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from mixtune.config import load_config
+
+    _set_defaults(_RUN_DEFAULTS)
+    cfg = load_config(args.config)
+    from flows.sweep import sweep
+
+    percents = [float(p) for p in args.domain_percent.split(",")] if args.domain_percent else None
+    mixes = yaml.safe_load(open(args.mixes)) if args.mixes else None
+    result = sweep(cfg, domain_percents=percents, mixes=mixes, max_concurrency=args.max_concurrency,
+                   train_deployment=args.train_deployment)
+    _print_where(cfg, result.report, result.mlflow_run_id)
+    return 0
+
+
+def _print_where(cfg, report, mlflow_run_id: str) -> None:
+    """Where the user looks next: the report, the Prefect UI, the MLflow UI."""
+    from mixtune.artifacts import ArtifactStore
+    from mixtune.tracking import tracking_uri
+
+    store = ArtifactStore(cfg.storage)
+    print(store.read_bytes(f"{report.uri}/report.md").decode())
+    uri = tracking_uri(cfg.tracking, cfg.storage)
+    api = os.environ.get("PREFECT_API_URL")
+    print(f"report:    {report.uri}/report.md (and report.html, pareto.png)")
+    print(f"prefect:   {api.removesuffix('/api') if api else 'run `prefect server start` to browse flow runs (ephemeral API used)'}")
+    mlflow_ui = uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
+    print(f"mlflow:    {mlflow_ui}  (parent run {mlflow_run_id})")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     _set_defaults(_OFFLINE_DEFAULTS)
     if not DEMO_CONFIG.exists():
         raise MixtuneError(f"demo config not found at {DEMO_CONFIG}: run from a source checkout")
     args.config = str(DEMO_CONFIG)
-    return _cmd_prepare(args)
+    args.train_deployment = None
+    return _cmd_run(args)
 
 
 def _cmd_check_data(args: argparse.Namespace) -> int:
@@ -113,6 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the offline demo on the shipped data and tiny model")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("run", help="run the whole pipeline for one mix")
+    p.add_argument("config")
+    p.add_argument("--train-deployment", help="run training as this Prefect deployment (e.g. train/mixtune-train)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("sweep", help="run several mixes and compare them (default: domain 100,75,50,25)")
+    p.add_argument("config")
+    p.add_argument("--domain-percent", help="comma-separated domain shares, e.g. 100,75,50,25")
+    p.add_argument("--mixes", help="YAML file with a list of mixes ({domain_percent, weights} each)")
+    p.add_argument("--max-concurrency", type=int, default=1, help="mixes trained at once")
+    p.add_argument("--train-deployment", help="run training as this Prefect deployment")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("prepare", help="run the prepare flow for a config")
     p.add_argument("config")

@@ -106,6 +106,16 @@ def _resolve_paths(cfg: MixtuneConfig, base: Path) -> MixtuneConfig:
     return cfg
 
 
+def resolve_config(cfg: MixtuneConfig, base: str | Path | None = None) -> MixtuneConfig:
+    """Resolve relative paths and merge the catalog, as ``load_config`` does.
+
+    For a config that arrives as flow parameters (a deployment, the Prefect
+    UI): relative paths resolve against ``base``, default the working
+    directory. Idempotent: a config from ``load_config`` comes back unchanged.
+    """
+    return _resolve_paths(cfg, Path(base or Path.cwd()).resolve())
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> MixtuneConfig:
     """Read a YAML config; relative paths resolve against the file's folder."""
     path = Path(path)

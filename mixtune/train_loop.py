@@ -36,7 +36,7 @@ import torch
 from mixtune.artifacts import fingerprint
 from mixtune.checkpoints import RunState, load_latest, save_checkpoint
 from mixtune.model_card import write_model_card
-from mixtune.packing import MicroBatch, collate
+from mixtune.packing import collate
 from mixtune.train_config import TrainConfig
 from mixtune.train_data import (ExampleStore, RowKey, Shard, manifest_fingerprint, micro_batches, plan_steps,
                                 tokenize_frame)

@@ -27,17 +27,20 @@ from mixtune.sections import StorageConfig
 
 _VERSIONS: dict[str, str] = {}
 _KEY_EXTRAS: dict[str, Callable[[dict[str, Any]], Any]] = {}
+_NOT_IN_KEY: dict[str, tuple[str, ...]] = {}
 
 
 def _key(name: str, parameters: dict[str, Any]) -> str:
     extra = _KEY_EXTRAS[name](parameters) if name in _KEY_EXTRAS else None
-    return f"{name}-{fingerprint(name, _VERSIONS[name], parameters, extra)}"
+    keyed = {k: v for k, v in parameters.items() if k not in _NOT_IN_KEY.get(name, ())}
+    return f"{name}-{fingerprint(name, _VERSIONS[name], keyed, extra)}"
 
 
 def stage_task(
     name: str,
     *core_modules: ModuleType,
     key_extra: Callable[[dict[str, Any]], Any] | None = None,
+    not_in_key: tuple[str, ...] = (),
     retries: int = 0,
     retry_delay_seconds: list[float] | None = None,
 ) -> Callable[[Callable[..., Any]], Task]:
@@ -45,12 +48,15 @@ def stage_task(
 
     ``key_extra`` adds what the parameters alone do not say, e.g. the size and
     mtime of a file at a fixed path, so new data at the same URI re-runs.
+    ``not_in_key`` names parameters that say where to report (an MLflow run
+    id), not what to compute.
     """
 
     def wrap(fn: Callable[..., Any]) -> Task:
         _VERSIONS[name] = code_version(*core_modules) + fingerprint(inspect.getsource(fn))[:16]
         if key_extra is not None:
             _KEY_EXTRAS[name] = key_extra
+        _NOT_IN_KEY[name] = not_in_key
         return task(
             fn,
             name=name,

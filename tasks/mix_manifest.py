@@ -66,3 +66,15 @@ def mix_manifest(name: str, split: ArtifactRef, categories: dict[str, list[Artif
 
 def _rows(frame: pl.DataFrame) -> list[dict]:
     return [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in frame.to_dicts()]
+
+
+def log_realized_mix(mlflow, manifest: ArtifactRef, storage: StorageConfig) -> None:
+    """The realized mix on the active MLflow run: a param per source and category, and the table."""
+    summary = ArtifactStore(storage).read_table(manifest, "summary")
+    params = {}
+    for row in summary.to_dicts():
+        label = {"source": f"source.{row['source']}", "category": f"category.{row['category']}"}.get(row["level"], "total")
+        for field in ("realized_samples", "realized_tokens", "realized_share"):
+            params[f"realized_mix.{label}.{field.removeprefix('realized_')}"] = row[field]
+    mlflow.log_params(params)
+    mlflow.log_table(summary.to_pandas(), artifact_file="mix/realized_mix.json")

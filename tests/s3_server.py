@@ -36,6 +36,44 @@ def running_s3_server() -> Iterator[str]:
         server.stop()
 
 
+@contextmanager
+def running_moto_process(workdir) -> Iterator[str]:
+    """moto's standalone server as its own process (``python -m moto.server``).
+
+    Other processes (a Prefect worker, an MLflow server) see the same buckets,
+    which an in-process thread cannot offer. Stopped with its process group.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from mlflow_server import free_port
+
+    port = free_port()
+    log = open(os.path.join(workdir, "moto.log"), "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server did not start; see {workdir}/moto.log") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+        log.close()
+
+
 def create_bucket(endpoint_url: str, bucket: str) -> None:
     import boto3
 

@@ -1,0 +1,42 @@
+"""evaluate flow: one model on both axes, the base (no ``trained``) or a trained mix.
+
+    mixtune evaluate configs/demo.yaml
+
+General benchmarks through lm-eval, then the domain task on the held-out
+test split, both with the config's ``eval`` settings, identical for every
+model. The base model's results are cached by model, eval config and data,
+so a sweep evaluates it once. Runs prepare first when not handed its output.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from pydantic import BaseModel
+
+from flows.prepare import PreparedData, prepare
+from mixtune.artifacts import ArtifactRef
+from mixtune.config import MixtuneConfig
+from tasks._stage import bind
+from tasks.evaluate import evaluate_domain, evaluate_general, read_scores, run_name
+
+
+class EvalScores(BaseModel):
+    """One model's evaluation: where the details are and the flat scores."""
+
+    run: str  # "base" or the trained mix's name
+    general: ArtifactRef  # scores + lm-eval's per-document samples
+    domain: ArtifactRef  # predictions with per-row scores
+    scores: dict[str, float]  # {"mmlu/acc": ..., "domain/rouge_l": ...}
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate(config: MixtuneConfig, prepared: PreparedData | None = None,
+             trained: ArtifactRef | None = None) -> EvalScores:
+    """Score the base model (``trained`` unset) or a trained model on the general and domain axes."""
+    prepared = prepared or prepare(config)
+    general_, domain_ = bind(config.storage, evaluate_general, evaluate_domain)
+    source_is_label = any(s.columns.kind == "label" for s in config.data.sources)
+    general = general_(config.model, trained, config.eval, config.storage)
+    domain = domain_(config.model, trained, prepared.split, source_is_label, config.eval, config.storage)
+    return EvalScores(run=run_name(trained), general=general, domain=domain,
+                      scores=read_scores([general, domain], config.storage))

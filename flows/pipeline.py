@@ -1,0 +1,93 @@
+"""pipeline flow: one mix, from raw data to a comparison report.
+
+    mixtune run configs/demo.yaml
+
+    prepare -> evaluate base -> [mix-manifest -> train -> evaluate tuned] -> compare
+
+Read top to bottom: each line is one stage (or a flow of stages) taking the
+previous stage's artifact references. MLflow gets one parent run for the
+pipeline and a child run for the mix, as a sweep has one child per mix.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.deployments import run_deployment
+from pydantic import BaseModel
+
+from flows.evaluate import EvalScores, evaluate
+from flows.prepare import PreparedData, prepare
+from flows.train import result_pointer, train
+from mixtune.artifacts import ArtifactRef, ArtifactStore
+from mixtune.config import MixtuneConfig, resolve_config
+from mixtune.mix_spec import MixSpec
+from mixtune.tracking import log_config, mlflow_run, tracking_uri
+from mixtune.train_job import MlflowTarget
+from tasks._stage import bind
+from tasks.compare import compare
+from tasks.mix_manifest import log_realized_mix, mix_manifest, run_size
+
+
+class PipelineResult(BaseModel):
+    base: EvalScores
+    runs: list[EvalScores]
+    report: ArtifactRef
+    mlflow_run_id: str
+
+
+def mix_name(mix: MixSpec) -> str:
+    """A readable run name: ``d75-code1-math2`` (weights as given, sorted by category)."""
+    if mix.domain_percent >= 100:
+        return "d100"
+    weights = "-".join(f"{c}{w:g}" for c, w in sorted(mix.weights.items()) if w > 0)
+    return f"d{mix.domain_percent:g}-{weights}"
+
+
+@flow(name="mix-run", log_prints=True)
+def mix_run(config: MixtuneConfig, prepared: PreparedData, parent_run_id: str,
+            train_deployment: str | None = None) -> EvalScores:
+    """One mix: its manifest, its training, its evaluation; an MLflow child run of ``parent_run_id``."""
+    import mlflow
+
+    name = mix_name(config.mix)
+    with mlflow_run(config.tracking, config.storage, name, parent_run_id=parent_run_id) as child:
+        log_config(mlflow, config.dump())
+        (mix_manifest_,) = bind(config.storage, mix_manifest)
+        manifest = mix_manifest_(name, prepared.split, prepared.categories, config.mix,
+                                 run_size(config.train), config.storage)
+        log_realized_mix(mlflow, manifest, config.storage)
+        target = MlflowTarget(tracking_uri=tracking_uri(config.tracking, config.storage), run_id=child.info.run_id)
+        trained = train_remote(config, name, manifest, prepared, target, train_deployment) \
+            if train_deployment else train(config, name, manifest, prepared, target)
+        scores = evaluate(config, prepared, trained)
+        mlflow.log_metrics({k.replace(",", "."): v for k, v in scores.scores.items()})
+    return scores
+
+
+def train_remote(config: MixtuneConfig, name: str, manifest: ArtifactRef, prepared: PreparedData,
+                 target: MlflowTarget, deployment: str) -> ArtifactRef:
+    """Run the train deployment (e.g. on the gpu pool) and wait; its result comes back through storage."""
+    flow_run = run_deployment(deployment, parameters={
+        "config": config.dump(), "name": name, "manifest": manifest.model_dump(mode="json"),
+        "prepared": prepared.model_dump(mode="json"), "mlflow": target.model_dump(mode="json")})
+    if not flow_run.state or not flow_run.state.is_completed():
+        raise RuntimeError(f"train deployment {deployment!r} ended {flow_run.state.name if flow_run.state else 'without a state'}")
+    store = ArtifactStore(config.storage)
+    return ArtifactRef.model_validate(store.read_json(result_pointer(store, name, manifest)))
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(config: MixtuneConfig, train_deployment: str | None = None) -> PipelineResult:
+    """prepare -> mix-manifest -> train -> evaluate (base and tuned) -> compare, for one mix."""
+    import mlflow
+
+    config = resolve_config(config)  # a deployment passes it unresolved
+    with mlflow_run(config.tracking, config.storage, config.name, tags={"mixtune.flow": "pipeline"}) as parent:
+        log_config(mlflow, config.dump())
+        prepared = prepare(config)
+        base = evaluate(config, prepared)  # cached: a re-run or a sweep evaluates the base model once
+        tuned = mix_run(config, prepared, parent.info.run_id, train_deployment)
+        (compare_,) = bind(config.storage, compare)
+        report = compare_([base.general, base.domain], {tuned.run: [tuned.general, tuned.domain]},
+                          config.eval, config.storage, config.tracking, parent.info.run_id)
+    return PipelineResult(base=base, runs=[tuned], report=report, mlflow_run_id=parent.info.run_id)

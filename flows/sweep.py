@@ -1,0 +1,81 @@
+"""sweep flow: several mixes, one prepare, one base evaluation, one comparison.
+
+    mixtune sweep configs/demo.yaml --domain-percent 100,75,50,25
+
+Each mix is a child flow run (``mix-run``) and an MLflow child run; the
+domain-only control (100%) is always part of the sweep, because "did mixing
+help" is only answerable against it. ``max_concurrency`` mixes train at once.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from prefect import flow
+from pydantic import BaseModel
+
+from flows.evaluate import EvalScores, evaluate
+from flows.pipeline import mix_name, mix_run
+from flows.prepare import prepare
+from mixtune.artifacts import ArtifactRef
+from mixtune.config import MixtuneConfig, resolve_config
+from mixtune.mix_spec import MixSpec
+from mixtune.tracking import log_config, mlflow_run
+from tasks._stage import bind
+from tasks.compare import compare
+
+DEFAULT_DOMAIN_PERCENTS = [100.0, 75.0, 50.0, 25.0]
+
+
+class SweepResult(BaseModel):
+    base: EvalScores
+    runs: list[EvalScores]
+    report: ArtifactRef
+    mlflow_run_id: str
+
+
+def sweep_mixes(base: MixSpec, domain_percents: list[float] | None = None,
+                mixes: list[dict[str, Any]] | None = None) -> list[MixSpec]:
+    """The mixes to run: explicit ones, or the config's weights at each domain share; control included."""
+    if mixes:
+        specs = [MixSpec.model_validate({**base.model_dump(exclude={"domain_percent", "weights"}), **m})
+                 for m in mixes]
+    else:
+        specs = [base.model_copy(update={"domain_percent": float(p)})
+                 for p in (domain_percents or DEFAULT_DOMAIN_PERCENTS)]
+        specs = [MixSpec.model_validate(s.model_dump()) for s in specs]  # re-validate the new share
+    if not any(s.domain_percent >= 100 for s in specs):
+        specs.insert(0, base.model_copy(update={"domain_percent": 100.0}))
+    unique: dict[str, MixSpec] = {}
+    for spec in specs:
+        unique.setdefault(mix_name(spec), spec)
+    return list(unique.values())
+
+
+@flow(name="sweep", log_prints=True)
+def sweep(config: MixtuneConfig, domain_percents: list[float] | None = None,
+          mixes: list[dict[str, Any]] | None = None, max_concurrency: int = 1,
+          train_deployment: str | None = None) -> SweepResult:
+    """Prepare once, evaluate the base once, then one child flow run per mix, then compare them all."""
+    import mlflow
+
+    config = resolve_config(config)  # a deployment passes it unresolved
+    specs = sweep_mixes(config.mix, domain_percents, mixes)
+    categories = sorted({c for spec in specs for c in spec.category_weights()})
+    print("sweep over: " + ", ".join(mix_name(s) for s in specs))
+    with mlflow_run(config.tracking, config.storage, f"{config.name}-sweep", tags={"mixtune.flow": "sweep"}) as parent:
+        log_config(mlflow, config.dump())
+        prepared = prepare(config, categories=categories)
+        base = evaluate(config, prepared)
+        per_mix = [config.model_copy(update={"mix": spec}) for spec in specs]
+        with ThreadPoolExecutor(max_workers=max(1, max_concurrency)) as pool:
+            # copy_context: each thread's flow call must see this flow as its parent.
+            futures = [pool.submit(contextvars.copy_context().run, mix_run, c, prepared, parent.info.run_id,
+                                   train_deployment) for c in per_mix]
+            runs = [f.result() for f in futures]
+        (compare_,) = bind(config.storage, compare)
+        report = compare_([base.general, base.domain], {r.run: [r.general, r.domain] for r in runs},
+                          config.eval, config.storage, config.tracking, parent.info.run_id)
+    return SweepResult(base=base, runs=runs, report=report, mlflow_run_id=parent.info.run_id)

@@ -1,0 +1,35 @@
+"""train flow: one mix's manifest and a base model in, an adapter out.
+
+Its own flow so that ``prefect.yaml`` can deploy it to the ``gpu`` work pool;
+the pipeline calls it in-process unless given that deployment's name. A run on
+another machine reports its result through a pointer file in the storage root
+(the caller shares the root, not the worker's local disk).
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.prepare import PreparedData
+from mixtune.artifacts import ArtifactRef, ArtifactStore
+from mixtune.config import MixtuneConfig, resolve_config
+from mixtune.train_job import MlflowTarget
+from tasks._stage import bind
+from tasks.train import train as train_task
+
+
+def result_pointer(store: ArtifactStore, name: str, manifest: ArtifactRef) -> str:
+    return store.uri("train", "_results", f"{name}-{manifest.fingerprint[:16]}.json")
+
+
+@flow(name="train", log_prints=True)
+def train(config: MixtuneConfig, name: str, manifest: ArtifactRef, prepared: PreparedData,
+          mlflow: MlflowTarget | None = None) -> ArtifactRef:
+    """Train on the manifest's exact order; resumes from the last checkpoint after a crash."""
+    config = resolve_config(config)  # a deployment passes it unresolved
+    (train_,) = bind(config.storage, train_task)
+    trained = train_(name, config.model, manifest, prepared.split, prepared.categories, config.train,
+                     config.storage, mlflow)
+    store = ArtifactStore(config.storage)
+    store.write_json(result_pointer(store, name, manifest), trained.model_dump(mode="json"))
+    return trained

@@ -1,0 +1,106 @@
+"""train task: a manifest and a base model in, an adapter (or full weights) out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import polars as pl
+from prefect import get_run_logger
+
+import mixtune.train_job as job_core
+import mixtune.train_loop as core
+from mixtune.artifacts import ArtifactRef, ArtifactStore
+from mixtune.launch import build_launch
+from mixtune.mix_spec import DOMAIN
+from mixtune.sections import ModelConfig, StorageConfig
+from mixtune.train_config import TrainConfig
+from tasks._stage import current_key, stage_task
+from tasks.model import local_model_path
+
+
+def _write_inputs(store: ArtifactStore, split: ArtifactRef, categories: dict[str, list[ArtifactRef]],
+                  manifest: ArtifactRef, work: Path) -> dict:
+    """Local Parquet files for the job: each source's train rows, the schedule, domain val rows."""
+    columns = ["_row_id", "messages"]
+    train = store.read_table(split, "train")
+    paths, source_categories = {}, {}
+    for (name,), rows in train.partition_by("_source", as_dict=True).items():
+        paths[name], source_categories[name] = str(work / f"train-{name}.parquet"), DOMAIN
+        rows.select(columns).write_parquet(paths[name])
+    for category, refs in categories.items():
+        for ref in refs:
+            paths[ref.name], source_categories[ref.name] = str(work / f"train-{ref.name}.parquet"), category
+            store.read_table(ref).select(columns).write_parquet(paths[ref.name])
+    store.read_table(manifest, "schedule").write_parquet(work / "manifest.parquet")
+    store.read_table(split, "val").select(columns).write_parquet(work / "val.parquet")
+    return {"train_paths": paths, "source_categories": source_categories,
+            "manifest_path": str(work / "manifest.parquet"), "val_path": str(work / "val.parquet")}
+
+
+@stage_task("train", core, job_core, not_in_key=("mlflow",))
+def train(name: str, model: ModelConfig, manifest: ArtifactRef, split: ArtifactRef,
+          categories: dict[str, list[ArtifactRef]], cfg: TrainConfig, storage: StorageConfig,
+          mlflow: job_core.MlflowTarget | None = None) -> ArtifactRef:
+    """Trains in the manifest's order; a re-run after a crash resumes from the last checkpoint."""
+    store = ArtifactStore(storage)
+    if (ref := store.find("train", name, key := current_key())) is not None:
+        return ref
+    uri = store.artifact_uri("train", name, key)
+    checkpoints_uri = store.uri("checkpoints", f"{name}-{key[:16]}")
+    with tempfile.TemporaryDirectory(prefix="mixtune-train-") as tmp:
+        work = Path(tmp)
+        # A local root trains in place; a remote one trains locally and uploads.
+        out_dir = Path(uri) if store._is_local else work / "out"
+        ckpt_dir = Path(checkpoints_uri) if store._is_local else work / "checkpoints"
+        if not store._is_local and store.exists(checkpoints_uri):
+            store.get_dir(checkpoints_uri, str(ckpt_dir))  # resume where a crashed worker stopped
+        job = job_core.TrainJob(
+            model_path=local_model_path(model, storage), revision=model.revision,
+            trust_remote_code=model.trust_remote_code, cfg=cfg,
+            output_dir=str(out_dir / ("adapter" if cfg.method == "lora" else "model")),
+            checkpoint_dir=str(ckpt_dir), mlflow=mlflow,
+            data_fingerprints={r.name: r.fingerprint for refs in categories.values() for r in refs}
+            | {"domain-split": split.fingerprint},
+            **_write_inputs(store, split, categories, manifest, work),
+        )
+        summary = _run(job, work, store, checkpoints_uri)
+        if not store._is_local:
+            store.put_dir(str(out_dir), uri)
+            store.put_dir(str(ckpt_dir), checkpoints_uri)
+    steps = pl.DataFrame({"step": range(1, len(summary["step_losses"]) + 1), "loss": summary["step_losses"]},
+                         schema={"step": pl.Int64, "loss": pl.Float64})
+    get_run_logger().info("train %s: %d steps, final loss %.4f, val loss %s", name, summary["final_step"],
+                          summary["step_losses"][-1] if summary["step_losses"] else float("nan"), summary["val_loss"])
+    return store.commit(
+        stage="train", name=name, key=key, tables={"losses": steps}, parents=[manifest, split],
+        parameters={"train": cfg, "model": model}, rows_in=steps.height, rows_kept=steps.height,
+        extra={"method": cfg.method, "result": summary, "checkpoints": checkpoints_uri},
+    )
+
+
+def _run(job: job_core.TrainJob, work: Path, store: ArtifactStore, checkpoints_uri: str) -> dict:
+    """In this process on one device; one process per GPU through accelerate otherwise."""
+    plan = build_launch("mixtune.train_job", [str(work / "job.json")])
+    if plan.in_process:
+        return job_core.result_summary(job_core.run_job(job, on_step_end=_sync_checkpoints(job, store, checkpoints_uri)))
+    (work / "job.json").write_text(job.model_dump_json())
+    get_run_logger().info("launching %d processes: %s", plan.world_size, " ".join(plan.argv))
+    subprocess.run(plan.argv, check=True, stdout=sys.stdout, stderr=sys.stderr)
+    return json.loads(Path(job.output_dir, "train_result.json").read_text())
+
+
+def _sync_checkpoints(job: job_core.TrainJob, store: ArtifactStore, checkpoints_uri: str):
+    """Copies each new checkpoint to a remote root, so another worker can resume it."""
+    every = job.cfg.checkpoint_every_steps
+    if store._is_local or not every:
+        return None
+
+    def sync(report: core.StepReport) -> None:
+        if report.step % every == 0:
+            store.put_dir(job.checkpoint_dir, checkpoints_uri)
+
+    return sync
