@@ -8,11 +8,18 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-# Every part stays offline and quiet; see docs in README "Offline by default".
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
-export TOKENIZERS_PARALLELISM=false DO_NOT_TRACK=true MLFLOW_DISABLE_TELEMETRY=true
-export PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90
+# Every part stays offline and quiet (README "Offline by default"). One export per line:
+# make reads `export A=x B=y` as A="x B=y".
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export HF_HOME ?= $(CURDIR)/.mixtune/hf
 export PREFECT_HOME ?= $(CURDIR)/.mixtune/prefect
 export NLTK_DATA ?= $(CURDIR)/data/nltk_data
