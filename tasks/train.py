@@ -6,10 +6,13 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
 from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 import mixtune.train_job as job_core
 import mixtune.train_loop as core
@@ -86,11 +89,34 @@ def _run(job: job_core.TrainJob, work: Path, store: ArtifactStore, checkpoints_u
     """In this process on one device; one process per GPU through accelerate otherwise."""
     plan = build_launch("mixtune.train_job", [str(work / "job.json")])
     if plan.in_process:
-        return job_core.result_summary(job_core.run_job(job, on_step_end=_sync_checkpoints(job, store, checkpoints_uri)))
+        callbacks = [c for c in (_progress(job), _sync_checkpoints(job, store, checkpoints_uri)) if c]
+        result = job_core.run_job(job, on_step_end=lambda report: [c(report) for c in callbacks])
+        return job_core.result_summary(result)
     (work / "job.json").write_text(job.model_dump_json())
     get_run_logger().info("launching %d processes: %s", plan.world_size, " ".join(plan.argv))
     subprocess.run(plan.argv, check=True, stdout=sys.stdout, stderr=sys.stderr)
     return json.loads(Path(job.output_dir, "train_result.json").read_text())
+
+
+def _progress(job: job_core.TrainJob):
+    """Step, loss and ETA in the log every ``logging_steps``, and a progress bar in the Prefect UI."""
+    total = len(pl.read_parquet(job.manifest_path, columns=["batch"])["batch"].unique())
+    total = min(total, job.cfg.max_steps) if job.cfg.max_steps else total
+    progress_id = create_progress_artifact(0.0, description=f"training {Path(job.output_dir).parent.name}")
+    started, first_step = time.monotonic(), None
+    logger = get_run_logger()
+
+    def report(step: core.StepReport) -> None:
+        nonlocal first_step
+        first_step = step.step - 1 if first_step is None else first_step  # resumed runs start late
+        if step.step % job.cfg.logging_steps and step.step != total:
+            return
+        per_step_s = (time.monotonic() - started) / max(step.step - first_step, 1)
+        eta = timedelta(seconds=round(per_step_s * (total - step.step)))
+        logger.info("train step %d/%d, loss %.4f, ETA %s", step.step, total, step.loss, eta)
+        update_progress_artifact(progress_id, 100.0 * step.step / total)
+
+    return report
 
 
 def _sync_checkpoints(job: job_core.TrainJob, store: ArtifactStore, checkpoints_uri: str):
