@@ -59,6 +59,9 @@ def mix_run(config: MixtuneConfig, prepared: PreparedData, parent_run_id: str,
         target = MlflowTarget(tracking_uri=tracking_uri(config.tracking, config.storage), run_id=child.info.run_id)
         trained = train_remote(config, name, manifest, prepared, target, train_deployment) \
             if train_deployment else train(config, name, manifest, prepared, target)
+        trained_in = ArtifactStore(config.storage).manifest(trained).get("mlflow_run_id")
+        if trained_in and trained_in != child.info.run_id:
+            mlflow.set_tag("mixtune.trained_in_run", trained_in)  # training was a cache hit
         scores = evaluate(config, prepared, trained)
         mlflow.log_metrics({k.replace(",", "."): v for k, v in scores.scores.items()})
     return scores

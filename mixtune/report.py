@@ -26,7 +26,7 @@ def _rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     cells = []
     for row in comparison.table.iter_rows(named=True):
         base = row["is_base"]
-        line = [row["run"] + (" (base)" if base else ""),
+        line = [row["run"] + (" (base)" if base and row["run"] != "base" else ""),
                 _fmt(row["domain"]) + ("" if base else f" ({_fmt(row['domain_delta'], True)})")]
         for m in metrics:
             line.append(_fmt(row[m]) + ("" if base or row[m] is None else f" ({_fmt(row[f'{m} delta'], True)})"))

@@ -81,7 +81,9 @@ def train(name: str, model: ModelConfig, manifest: ArtifactRef, split: ArtifactR
     return store.commit(
         stage="train", name=name, key=key, tables={"losses": steps}, parents=[manifest, split],
         parameters={"train": cfg, "model": model}, rows_in=steps.height, rows_kept=steps.height,
-        extra={"method": cfg.method, "result": summary, "checkpoints": checkpoints_uri},
+        extra={"method": cfg.method, "result": summary, "checkpoints": checkpoints_uri,
+               # A cached re-run logs no curve; its MLflow run links here instead.
+               "mlflow_run_id": mlflow.run_id if mlflow else None},
     )
 
 

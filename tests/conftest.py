@@ -59,3 +59,16 @@ def tiny_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+# Chat turns for hand-written conversations in tests.
+def U(content: str) -> dict:
+    return {"role": "user", "content": content}
+
+
+def A(content: str) -> dict:
+    return {"role": "assistant", "content": content}
+
+
+def S(content: str) -> dict:
+    return {"role": "system", "content": content}

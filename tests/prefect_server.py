@@ -7,7 +7,6 @@ failing test leaves nothing running.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import Iterator
 from uuid import UUID
 
 from mlflow_server import free_port
@@ -49,13 +48,13 @@ def stop_process_group(proc: subprocess.Popen, timeout_s: float = 20) -> None:
 def started_process(args: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None
                     ) -> Iterator[subprocess.Popen]:
     """``args`` in a new session, output to ``log_path``; the group is stopped on exit."""
-    log: IO[bytes] = open(log_path, "wb")
-    proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
         yield proc
     finally:
         stop_process_group(proc)
-        log.close()
 
 
 class PrefectServer:
@@ -105,9 +104,9 @@ def run_prefect_commands(commands: list[list[str]], env: dict[str, str], cwd: Pa
     procs = []
     for i, command in enumerate(commands):
         log_path = workdir / f"prefect-cli-{i}.log"
-        procs.append((subprocess.Popen([*PREFECT, "--no-prompt", *command], env=env, cwd=cwd,
-                                       stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
-                                       start_new_session=True), log_path))
+        with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+            procs.append((subprocess.Popen([*PREFECT, "--no-prompt", *command], env=env, cwd=cwd, stdout=log,
+                                           stderr=subprocess.STDOUT, start_new_session=True), log_path))
     deadline = time.monotonic() + timeout_s
     outputs = []
     for proc, log_path in procs:
@@ -115,8 +114,6 @@ def run_prefect_commands(commands: list[list[str]], env: dict[str, str], cwd: Pa
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             stop_process_group(proc)
-        finally:
-            proc.stdout and proc.stdout.close()
         output = log_path.read_text(errors="replace")
         if proc.returncode != 0:
             for other, _ in procs:
@@ -126,41 +123,40 @@ def run_prefect_commands(commands: list[list[str]], env: dict[str, str], cwd: Pa
     return outputs
 
 
-# --- reading runs back, as the UI does ---
+# --- reading runs back, as the UI does (``client`` is ``get_client(sync_client=True)``) ---
 
 
-async def wait_for_flow_run(client, flow_run_id: UUID, timeout_s: float, worker: subprocess.Popen | None = None):
+def wait_for_flow_run(client, flow_run_id: UUID, timeout_s: float, worker: subprocess.Popen | None = None):
     """The flow run once its state is final; fails early when the worker died."""
     deadline = time.monotonic() + timeout_s
     while True:
-        flow_run = await client.read_flow_run(flow_run_id)
+        flow_run = client.read_flow_run(flow_run_id)
         if flow_run.state is not None and flow_run.state.is_final():
             return flow_run
+        state = flow_run.state.name if flow_run.state else "pending"
         if worker is not None and worker.poll() is not None:
-            raise RuntimeError(f"the worker exited ({worker.returncode}) while flow run {flow_run_id} was "
-                               f"{flow_run.state.name if flow_run.state else 'pending'}")
+            raise RuntimeError(f"the worker exited ({worker.returncode}) while flow run {flow_run_id} was {state}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"flow run {flow_run_id} still {flow_run.state.name if flow_run.state else None} "
-                               f"after {timeout_s:.0f} s")
-        await asyncio.sleep(1.0)
+            raise TimeoutError(f"flow run {flow_run_id} still {state} after {timeout_s:.0f} s")
+        time.sleep(1.0)
 
 
-async def flow_run_tree(client, root_id: UUID) -> list:
+def flow_run_tree(client, root_id: UUID) -> list:
     """The flow run and every subflow run below it, at any depth."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
 
-    tree = await client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[root_id])))
+    tree = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[root_id])))
     level = [root_id]
     while level:
-        children = await client.read_flow_runs(
+        children = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=level)))
         tree += children
         level = [run.id for run in children]
     return tree
 
 
-async def stage_states(client, root_id: UUID, timeout_s: float = 30) -> dict[str, list[str]]:
-    """Final task run states by task name, over the whole flow run tree; subflow wrapper runs left out.
+def stage_states(client, root_id: UUID, timeout_s: float = 30) -> dict[str, list[str]]:
+    """Final task run states by task name over the whole flow run tree; subflows' wrapper runs left out.
 
     States are recorded from events, asynchronously: read until every task run
     is final and two reads a second apart agree.
@@ -170,11 +166,10 @@ async def stage_states(client, root_id: UUID, timeout_s: float = 30) -> dict[str
     deadline = time.monotonic() + timeout_s
     previous = None
     while True:
-        tree = await flow_run_tree(client, root_id)
+        tree = flow_run_tree(client, root_id)
         wrappers = {run.parent_task_run_id for run in tree if run.parent_task_run_id is not None}
-        runs = [run for run in await client.read_task_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in tree])))
-                if run.id not in wrappers]
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in tree])))
+        runs = [run for run in task_runs if run.id not in wrappers]
         states: dict[str, list[str]] = {}
         for run in sorted(runs, key=lambda r: r.name):
             states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name if run.state else "<none>")
@@ -182,4 +177,4 @@ async def stage_states(client, root_id: UUID, timeout_s: float = 30) -> dict[str
         if (settled and states == previous) or time.monotonic() > deadline:
             return states
         previous = states if settled else None
-        await asyncio.sleep(1.0)
+        time.sleep(1.0)

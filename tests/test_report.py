@@ -27,7 +27,7 @@ def test_markdown_has_a_row_per_run_with_deltas_verdicts_and_the_front(compariso
     assert lines[0] == "# mixtune: base vs tuned"
     assert lines[2] == ("| run | domain | ifeval/prompt_level_strict_acc | mmlu/acc | mmlu_medical/acc | "
                         "general retention | verdict | Pareto |")
-    assert lines[4] == "| base (base) | 0.300 | 0.400 | 0.500 | 0.500 | - | base |  |"
+    assert lines[4] == "| base | 0.300 | 0.400 | 0.500 | 0.500 | - | base |  |"
     assert lines[5] == (f"| d30 | 0.400 (+0.100) | 0.450 (+0.050) | 0.550 (+0.050) | 0.600 (+0.100) | +0.050 | "
                         f"{BOTH_IMPROVED} | yes |")
     assert lines[6].startswith("| mix<90> | 0.500 (+0.200) | 0.400 (+0.000) | 0.400 (-0.100) |")

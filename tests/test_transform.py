@@ -10,6 +10,7 @@ import pytest
 from mixtune.errors import DataError
 from mixtune.sections import SourceConfig
 from mixtune.transform import MESSAGES_DTYPE, REJECTS_SCHEMA, transform
+from conftest import A, S, U  # chat turns: user, assistant, system
 
 
 def _frame(**columns) -> pl.DataFrame:
@@ -21,18 +22,6 @@ def _frame(**columns) -> pl.DataFrame:
 
 def _source(**kw) -> SourceConfig:
     return SourceConfig(name="demo", uri="data/train.jsonl", **kw)
-
-
-def U(c):
-    return {"role": "user", "content": c}
-
-
-def A(c):
-    return {"role": "assistant", "content": c}
-
-
-def S(c):
-    return {"role": "system", "content": c}
 
 
 def test_prompt_response_builds_user_and_assistant_turns():

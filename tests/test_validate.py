@@ -9,23 +9,12 @@ from mixtune.sanitize import reserved_strings, special_tokens_of
 from mixtune.sections import SanitizeConfig, ValidateConfig
 from mixtune.transform import MESSAGES_DTYPE, REJECTS_SCHEMA
 from mixtune.validate import reject_share_exceeded, validate
+from conftest import A, S, U  # chat turns: user, assistant, system
 
 
 @pytest.fixture(scope="module")
 def reserved(tiny_tokenizer) -> list[str]:
     return reserved_strings(SanitizeConfig(), special_tokens_of(tiny_tokenizer))
-
-
-def U(c):
-    return {"role": "user", "content": c}
-
-
-def A(c):
-    return {"role": "assistant", "content": c}
-
-
-def S(c):
-    return {"role": "system", "content": c}
 
 
 def _frame(conversations: list) -> pl.DataFrame:
