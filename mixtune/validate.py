@@ -199,8 +199,9 @@ def _token_counts(tokenizer, texts: list[str]) -> list[int]:
     """Tokens per text in one batched fast-tokenizer call; the template already holds any BOS."""
     if not texts:
         return []
+    # verbose=False: counting a too-long row is the point here, not an "indexing error" to warn of.
     encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
-                        return_token_type_ids=False)
+                        return_token_type_ids=False, verbose=False)
     return [len(ids) for ids in encoded["input_ids"]]
 
 
@@ -261,7 +262,7 @@ def _truncate_answer(tokenizer, conversation: list[dict], max_length: int) -> tu
     *before, last = conversation
     answer = last["content"]
     room = max_length - _conversation_tokens(tokenizer, [[*before, {**last, "content": ""}]])[0]
-    offsets = tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    offsets = tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
     for _ in range(_MAX_TRUNCATE_TRIES):
         if room < 1:
             return None

@@ -62,6 +62,9 @@ def stage_task(
             name=name,
             cache_key_fn=lambda _ctx, parameters: _key(name, parameters),
             persist_result=True,
+            # Stages log through the run logger. Captured prints also break `datasets`, whose
+            # dill hashing reads dis.dis output from stdout (a flow's log_prints would steal it).
+            log_prints=False,
             retries=retries,
             retry_delay_seconds=retry_delay_seconds or 0,
         )

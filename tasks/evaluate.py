@@ -36,9 +36,7 @@ from tasks.model import local_model_path
 BASE_RUN = "base"  # the run name of the untuned model in artifacts, tables and reports
 _WEIGHTS_FOLDER = {"lora": "adapter", "full": "model"}
 
-
 # --- which model is under test ---
-
 
 def local_model_files(ref: ArtifactRef, store: ArtifactStore) -> Path:
     """Local folder of a trained model's weights: the adapter (LoRA) or the full model.
@@ -64,7 +62,6 @@ def local_model_files(ref: ArtifactRef, store: ArtifactStore) -> Path:
         partial.rename(local)  # atomic: another worker sees all of it or none
     return local
 
-
 def model_under_test(model: ModelConfig, trained: ArtifactRef | None,
                      storage: StorageConfig) -> tuple[str, str | None, str | None]:
     """(pretrained, adapter_dir, revision) for the loaders: the base, base + adapter, or full weights."""
@@ -77,18 +74,14 @@ def model_under_test(model: ModelConfig, trained: ArtifactRef | None,
         return base, str(files), model.revision
     return str(files), None, None  # full weights: a local folder, no hub revision
 
-
 def run_name(trained: ArtifactRef | None) -> str:
     return BASE_RUN if trained is None else trained.name
 
-
 # --- cache key parts the parameters do not carry ---
-
 
 def _model_identity(model: ModelConfig) -> str | None:
     """The tiny model's weights follow from its corpus bytes, which the config names only by path."""
     return tiny_model_key(model.tiny) if model.name_or_path == TINY_MODEL else None
-
 
 def _files_fingerprint(files: list[Path], root: Path) -> str:
     digest = hashlib.sha256()
@@ -96,7 +89,6 @@ def _files_fingerprint(files: list[Path], root: Path) -> str:
         digest.update(str(file.relative_to(root) if file.is_relative_to(root) else file).encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()
-
 
 def _general_inputs(parameters: dict[str, Any]) -> dict[str, Any]:
     """Offline: the bytes of every benchmark file, so edited data re-runs; online: the mode only."""
@@ -108,13 +100,10 @@ def _general_inputs(parameters: dict[str, Any]) -> dict[str, Any]:
         data = _files_fingerprint(eval_tasks.offline_data_files(data_dir), data_dir)
     return {"model": _model_identity(parameters["model"]), "offline": offline, "data": data}
 
-
 def _domain_inputs(parameters: dict[str, Any]) -> dict[str, Any]:
     return {"model": _model_identity(parameters["model"])}
 
-
 # --- scores ---
-
 
 def read_scores(refs: list[ArtifactRef], storage: StorageConfig) -> dict[str, float]:
     """One flat ``{"mmlu/acc": ..., "domain/rouge_l": ...}`` from evaluation artifacts' manifests."""
@@ -124,11 +113,9 @@ def read_scores(refs: list[ArtifactRef], storage: StorageConfig) -> dict[str, fl
         scores |= {k: float(v) for k, v in store.manifest(ref)["scores"].items()}
     return scores
 
-
 def _scores_table(scores: dict[str, float]) -> pl.DataFrame:
     return pl.DataFrame({"metric": list(scores), "value": list(scores.values())},
                         schema={"metric": pl.Utf8, "value": pl.Float64})
-
 
 def _publish_scores(ref: ArtifactRef, scores: dict[str, float], axis: str, name: str) -> None:
     create_table_artifact(
@@ -137,7 +124,6 @@ def _publish_scores(ref: ArtifactRef, scores: dict[str, float], axis: str, name:
         description=f"{axis} scores of `{name}`; details in {ref.uri}",
     )
 
-
 def _first_number(sample: dict[str, Any]) -> float | None:
     """The sample's first metric as a number (bools count); None for list-valued ones."""
     for metric in sample.get("metrics", []):
@@ -145,7 +131,6 @@ def _first_number(sample: dict[str, Any]) -> float | None:
         if isinstance(value, (bool, int, float)):
             return float(value)
     return None
-
 
 def samples_table(samples: dict[str, list[dict[str, Any]]]) -> pl.DataFrame:
     """lm-eval's per-document log as one table: prompt, target, response and per-row scores."""
@@ -164,9 +149,7 @@ def samples_table(samples: dict[str, list[dict[str, Any]]]) -> pl.DataFrame:
               "response": pl.Utf8, "score": pl.Float64, "metrics": pl.Utf8}
     return pl.DataFrame(rows, schema=schema)
 
-
 # --- the two axes ---
-
 
 @stage_task("eval_general", general_core, eval_tasks, key_extra=_general_inputs)
 def evaluate_general(model: ModelConfig, trained: ArtifactRef | None, eval_cfg: EvalConfig,
@@ -191,12 +174,6 @@ def evaluate_general(model: ModelConfig, trained: ArtifactRef | None, eval_cfg: 
     get_run_logger().info("general %s: %s", name, json.dumps(scores, sort_keys=True))
     _publish_scores(ref, scores, "general", name)
     return ref
-
-
-# datasets (through dill) reads globals by capturing dis.dis output on stdout; with Prefect's
-# log_prints that output becomes thousands of log lines instead. Never inherit it from the flow.
-evaluate_general = evaluate_general.with_options(log_prints=False)
-
 
 @stage_task("eval_domain", domain_core, judge, key_extra=_domain_inputs)
 def evaluate_domain(model: ModelConfig, trained: ArtifactRef | None, split: ArtifactRef, source_is_label: bool,
@@ -228,5 +205,3 @@ def evaluate_domain(model: ModelConfig, trained: ArtifactRef | None, split: Arti
     _publish_scores(ref, scores, "domain", name)
     return ref
 
-
-evaluate_domain = evaluate_domain.with_options(log_prints=False)  # as evaluate_general: no stray prints as logs
