@@ -204,4 +204,3 @@ def evaluate_domain(model: ModelConfig, trained: ArtifactRef | None, split: Arti
     get_run_logger().info("domain %s: %s", name, json.dumps(scores, sort_keys=True))
     _publish_scores(ref, scores, "domain", name)
     return ref
-
