@@ -18,6 +18,8 @@ import hashlib
 import inspect
 import io
 import json
+import shutil
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterable
 
@@ -136,6 +138,21 @@ class ArtifactStore:
 
     def get_dir(self, uri: str, local_dir: str) -> None:
         self.fs.get(self._path(uri).rstrip("/") + "/", local_dir.rstrip("/") + "/", recursive=True)
+
+    def fetch_dir(self, uri: str, local_dir: Path) -> Path:
+        """A local copy of a folder (HF loaders need local files), fetched once.
+
+        Copied into ``<name>.partial`` and renamed, so a reader (another
+        worker, a crashed run's successor) sees all of it or none.
+        """
+        if local_dir.is_dir():
+            return local_dir
+        partial = local_dir.with_name(local_dir.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        self.get_dir(uri, str(partial))
+        partial.rename(local_dir)
+        return local_dir
 
     # --- tables ---
 

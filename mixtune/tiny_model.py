@@ -141,8 +141,7 @@ def resolve_model(model: ModelConfig, store: ArtifactStore) -> str:
         return str(local)
     remote = store.uri("models", name)
     if not store._is_local and store.exists(f"{remote}/config.json"):
-        store.get_dir(remote, str(local))
-        return str(local)
+        return str(store.fetch_dir(remote, local))
     with tempfile.TemporaryDirectory() as tmp:
         build_tiny_model(model.tiny, tmp)
         if not store._is_local:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +53,8 @@ def local_model_files(ref: ArtifactRef, store: ArtifactStore) -> Path:
             raise FileNotFoundError(f"{ref.uri}: no {folder}/ folder for a {method} model")
         return local
     local = local_model_cache(store) / "trained" / f"{ref.name}-{ref.fingerprint[:16]}" / folder
-    if not local.is_dir():
-        partial = local.with_name(local.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        store.get_dir(f"{ref.uri}/{folder}", str(partial))
-        partial.rename(local)  # atomic: another worker sees all of it or none
-    return local
+    return store.fetch_dir(f"{ref.uri}/{folder}", local)
+
 
 def model_under_test(model: ModelConfig, trained: ArtifactRef | None,
                      storage: StorageConfig) -> tuple[str, str | None, str | None]:
