@@ -37,6 +37,7 @@ _WEIGHTS_FOLDER = {"lora": "adapter", "full": "model"}
 
 # --- which model is under test ---
 
+
 def local_model_files(ref: ArtifactRef, store: ArtifactStore) -> Path:
     """Local folder of a trained model's weights: the adapter (LoRA) or the full model.
 
@@ -68,14 +69,17 @@ def model_under_test(model: ModelConfig, trained: ArtifactRef | None,
         return base, str(files), model.revision
     return str(files), None, None  # full weights: a local folder, no hub revision
 
+
 def run_name(trained: ArtifactRef | None) -> str:
     return BASE_RUN if trained is None else trained.name
 
 # --- cache key parts the parameters do not carry ---
 
+
 def _model_identity(model: ModelConfig) -> str | None:
     """The tiny model's weights follow from its corpus bytes, which the config names only by path."""
     return tiny_model_key(model.tiny) if model.name_or_path == TINY_MODEL else None
+
 
 def _files_fingerprint(files: list[Path], root: Path) -> str:
     digest = hashlib.sha256()
@@ -83,6 +87,15 @@ def _files_fingerprint(files: list[Path], root: Path) -> str:
         digest.update(str(file.relative_to(root) if file.is_relative_to(root) else file).encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()
+
+
+# Settings only compare reads: changing them re-judges, it does not re-evaluate.
+_COMPARE_ONLY = {"tolerance", "domain_target", "instruction_following_prefixes"}
+
+
+def _measured_settings(cfg: EvalConfig) -> dict[str, Any]:
+    return cfg.model_dump(mode="json", exclude=_COMPARE_ONLY)
+
 
 def _general_inputs(parameters: dict[str, Any]) -> dict[str, Any]:
     """Offline: the bytes of every benchmark file, so edited data re-runs; online: the mode only."""
@@ -92,12 +105,15 @@ def _general_inputs(parameters: dict[str, Any]) -> dict[str, Any]:
     if offline and cfg.general_tasks:
         data_dir = Path(cfg.data_dir) if cfg.data_dir else eval_tasks.PROJECT_DATA_DIR
         data = _files_fingerprint(eval_tasks.offline_data_files(data_dir), data_dir)
-    return {"model": _model_identity(parameters["model"]), "offline": offline, "data": data}
+    return {"model": _model_identity(parameters["model"]), "offline": offline, "data": data,
+            "eval": _measured_settings(cfg)}
+
 
 def _domain_inputs(parameters: dict[str, Any]) -> dict[str, Any]:
-    return {"model": _model_identity(parameters["model"])}
+    return {"model": _model_identity(parameters["model"]), "eval": _measured_settings(parameters["eval_cfg"])}
 
 # --- scores ---
+
 
 def read_scores(refs: list[ArtifactRef], storage: StorageConfig) -> dict[str, float]:
     """One flat ``{"mmlu/acc": ..., "domain/rouge_l": ...}`` from evaluation artifacts' manifests."""
@@ -107,9 +123,11 @@ def read_scores(refs: list[ArtifactRef], storage: StorageConfig) -> dict[str, fl
         scores |= {k: float(v) for k, v in store.manifest(ref)["scores"].items()}
     return scores
 
+
 def _scores_table(scores: dict[str, float]) -> pl.DataFrame:
     return pl.DataFrame({"metric": list(scores), "value": list(scores.values())},
                         schema={"metric": pl.Utf8, "value": pl.Float64})
+
 
 def _publish_scores(ref: ArtifactRef, scores: dict[str, float], axis: str, name: str) -> None:
     create_table_artifact(
@@ -118,6 +136,7 @@ def _publish_scores(ref: ArtifactRef, scores: dict[str, float], axis: str, name:
         description=f"{axis} scores of `{name}`; details in {ref.uri}",
     )
 
+
 def _first_number(sample: dict[str, Any]) -> float | None:
     """The sample's first metric as a number (bools count); None for list-valued ones."""
     for metric in sample.get("metrics", []):
@@ -125,6 +144,7 @@ def _first_number(sample: dict[str, Any]) -> float | None:
         if isinstance(value, (bool, int, float)):
             return float(value)
     return None
+
 
 def samples_table(samples: dict[str, list[dict[str, Any]]]) -> pl.DataFrame:
     """lm-eval's per-document log as one table: prompt, target, response and per-row scores."""
@@ -145,7 +165,8 @@ def samples_table(samples: dict[str, list[dict[str, Any]]]) -> pl.DataFrame:
 
 # --- the two axes ---
 
-@stage_task("eval_general", general_core, eval_tasks, key_extra=_general_inputs)
+
+@stage_task("eval_general", general_core, eval_tasks, key_extra=_general_inputs, not_in_key=("eval_cfg",))
 def evaluate_general(model: ModelConfig, trained: ArtifactRef | None, eval_cfg: EvalConfig,
                      storage: StorageConfig) -> ArtifactRef:
     """lm-eval benchmarks on the base (``trained=None``) or a trained model; scores and per-document samples."""
@@ -169,7 +190,8 @@ def evaluate_general(model: ModelConfig, trained: ArtifactRef | None, eval_cfg: 
     _publish_scores(ref, scores, "general", name)
     return ref
 
-@stage_task("eval_domain", domain_core, judge, key_extra=_domain_inputs)
+
+@stage_task("eval_domain", domain_core, judge, key_extra=_domain_inputs, not_in_key=("eval_cfg",))
 def evaluate_domain(model: ModelConfig, trained: ArtifactRef | None, split: ArtifactRef, source_is_label: bool,
                     eval_cfg: EvalConfig, storage: StorageConfig) -> ArtifactRef:
     """Answers on the held-out test split; predictions with per-row scores, means in the manifest."""

@@ -212,6 +212,8 @@ def test_cache_key_follows_model_revision_eval_settings_trained_model_and_benchm
     assert key() == base  # what a sweep relies on: nothing about the mix is in it
     assert key(model=cfg.model.model_copy(update={"revision": "def"})) != base
     assert key(eval_cfg=cfg.eval.model_copy(update={"batch_size": 4})) != base
+    # Verdict settings are compare's business: a new tolerance re-judges, it does not re-evaluate.
+    assert key(eval_cfg=cfg.eval.model_copy(update={"tolerance": 0.05, "domain_target": 0.5})) == base
     trained = ArtifactRef(stage="train", name="mix-a", uri=str(tmp_path / "t"), fingerprint="f")
     assert key(trained=trained) != base
     with open(data_dir / "arc_challenge" / "ARC-Challenge-Test.jsonl", "a", encoding="utf-8") as f:
