@@ -188,6 +188,19 @@ def _is_hf(source: SourceConfig) -> bool:
     return source.format == "hf" or source.uri.startswith(HF_PREFIX)
 
 
+def unpinned_revision(source: SourceConfig) -> str | None:
+    """Why a hub source may read different data next time, or None when it is pinned to a commit."""
+    if not _is_hf(source):
+        return None
+    revision = source.revision
+    if revision and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision.lower()):
+        return None
+    shown = f"revision {revision!r}" if revision else "no revision"
+    return (f"source {source.name!r} ({source.uri}) has {shown}, which moves with the hub: a re-run may "
+            f"read different rows. Pin a commit SHA for reproducible runs; this run's data fingerprint "
+            f"is in the download manifest.")
+
+
 def _hf_id(source: SourceConfig) -> str:
     return source.uri.removeprefix(HF_PREFIX).strip("/")
 

@@ -22,6 +22,8 @@ def _input_identity(parameters: dict[str, Any]) -> str:
 def download(source: SourceConfig, storage: StorageConfig) -> ArtifactRef:
     """Read a file, folder, s3:// or https:// URI, or HF dataset; retried: it is network work."""
     store = ArtifactStore(storage)
+    if (why := core.unpinned_revision(source)) is not None:
+        get_run_logger().warning(why)
     result = core.download(source, storage)
     # Named by content, so a touched-but-identical file reuses everything downstream.
     key = fingerprint("download", source, result.content_fingerprint)

@@ -364,3 +364,14 @@ def test_http_file_that_is_missing_is_named(http_folder):
     _, base_url = http_folder
     with pytest.raises(DataError, match="does not exist"):
         download(source(f"{base_url}/missing.jsonl"))
+
+
+def test_unpinned_hub_revision_is_named_and_a_commit_sha_is_not():
+    from mixtune.download import unpinned_revision
+
+    floating = SourceConfig(name="m", uri="hf://allenai/tulu-3-sft-personas-math", revision="main")
+    assert "revision 'main'" in unpinned_revision(floating) and "'m'" in unpinned_revision(floating)
+    assert "no revision" in unpinned_revision(floating.model_copy(update={"revision": None}))
+    pinned = floating.model_copy(update={"revision": "83ecd36fe1ca604781d4ed0b4541b120fb7a2ee7"})
+    assert unpinned_revision(pinned) is None
+    assert unpinned_revision(SourceConfig(name="f", uri="/data/x.jsonl")) is None
