@@ -155,7 +155,11 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mixtune", description=__doc__.split("\n")[0])
+    examples = __doc__.split("\n\n")[1]  # the usage block of the module docstring
+    parser = argparse.ArgumentParser(
+        prog="mixtune", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Fine-tune on your data blended with curated general data; check nothing was forgotten.",
+        epilog="examples:\n" + examples)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="run the offline demo on the shipped data and tiny model")
