@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import polars as pl
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
@@ -16,21 +18,27 @@ from mixtune.train_config import TrainConfig
 from tasks._stage import artifact_key, current_key, stage_task
 
 
-def mix_sources(store: ArtifactStore, split: ArtifactRef,
-                categories: dict[str, list[ArtifactRef]]) -> list[core.MixSource]:
-    """Every source's train rows: each domain source's train split, each category source whole."""
-    train = store.read_table(split, "train").select("_source", "_row_id", "num_tokens")
-    sources = [
-        core.MixSource(name=name, category=DOMAIN, frame=rows.drop("_source"),
-                       fingerprint=fingerprint(split.fingerprint, name))
-        for (name,), rows in sorted(train.partition_by("_source", as_dict=True).items())
-    ]
+def training_sources(store: ArtifactStore, split: ArtifactRef, categories: dict[str, list[ArtifactRef]],
+                     columns: list[str]) -> Iterator[tuple[str, str, pl.DataFrame, str]]:
+    """(name, category, rows, fingerprint) of every source training draws from.
+
+    Each domain source's train split, and each category source whole. The
+    manifest and the train job both read this, so a row id the manifest plans
+    is always a row the job has.
+    """
+    train = store.read_table(split, "train").select("_source", *columns)
+    for (name,), rows in sorted(train.partition_by("_source", as_dict=True).items()):
+        yield name, DOMAIN, rows.drop("_source"), fingerprint(split.fingerprint, name)
     for category, refs in sorted(categories.items()):
         for ref in refs:
-            rows = store.read_table(ref).select("_row_id", "num_tokens")
-            sources.append(core.MixSource(name=ref.name, category=category, frame=rows,
-                                          fingerprint=ref.fingerprint))
-    return sources
+            yield ref.name, category, store.read_table(ref).select(columns), ref.fingerprint
+
+
+def mix_sources(store: ArtifactStore, split: ArtifactRef,
+                categories: dict[str, list[ArtifactRef]]) -> list[core.MixSource]:
+    """Every training source's row ids and token counts, as the manifest builder takes them."""
+    return [core.MixSource(name=name, category=category, frame=rows, fingerprint=fp)
+            for name, category, rows, fp in training_sources(store, split, categories, ["_row_id", "num_tokens"])]
 
 
 def run_size(train: TrainConfig) -> dict[str, float | int | None]:

@@ -18,10 +18,10 @@ import mixtune.train_job as job_core
 import mixtune.train_loop as core
 from mixtune.artifacts import ArtifactRef, ArtifactStore
 from mixtune.launch import build_launch
-from mixtune.mix_spec import DOMAIN
 from mixtune.sections import ModelConfig, StorageConfig
 from mixtune.train_config import TrainConfig
 from tasks._stage import current_key, stage_task
+from tasks.mix_manifest import training_sources
 from tasks.model import local_model_path
 
 
@@ -29,15 +29,10 @@ def _write_inputs(store: ArtifactStore, split: ArtifactRef, categories: dict[str
                   manifest: ArtifactRef, work: Path) -> dict:
     """Local Parquet files for the job: each source's train rows, the schedule, domain val rows."""
     columns = ["_row_id", "messages"]
-    train = store.read_table(split, "train")
     paths, source_categories = {}, {}
-    for (name,), rows in train.partition_by("_source", as_dict=True).items():
-        paths[name], source_categories[name] = str(work / f"train-{name}.parquet"), DOMAIN
-        rows.select(columns).write_parquet(paths[name])
-    for category, refs in categories.items():
-        for ref in refs:
-            paths[ref.name], source_categories[ref.name] = str(work / f"train-{ref.name}.parquet"), category
-            store.read_table(ref).select(columns).write_parquet(paths[ref.name])
+    for name, category, rows, _ in training_sources(store, split, categories, columns):
+        paths[name], source_categories[name] = str(work / f"train-{name}.parquet"), category
+        rows.write_parquet(paths[name])
     store.read_table(manifest, "schedule").write_parquet(work / "manifest.parquet")
     store.read_table(split, "val").select(columns).write_parquet(work / "val.parquet")
     return {"train_paths": paths, "source_categories": source_categories,
