@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mixtune.sections import StrictModel
+from mixtune.sections import StrictModel, repeated
 
 DomainMetric = Literal["exact_match", "token_f1", "rouge_l"]
 DomainScoreName = Literal["exact_match", "token_f1", "rouge_l", "accuracy", "macro_f1", "judge_score"]
@@ -124,8 +124,6 @@ class EvalConfig(StrictModel):
 
     @model_validator(mode="after")
     def _unique_task_names(self) -> "EvalConfig":
-        names = [t.name for t in self.general_tasks]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
+        if dupes := repeated([t.name for t in self.general_tasks]):
             raise ValueError(f"general task names must be unique; repeated: {dupes}")
         return self

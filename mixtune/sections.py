@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 TINY_MODEL = "mixtune:tiny"  # model.name_or_path that builds the offline demo model
+
+
+def repeated(names: list[str]) -> list[str]:
+    """Names that occur more than once, sorted: what a uniqueness error should list."""
+    return sorted(name for name, count in Counter(names).items() if count > 1)
 
 
 class StrictModel(BaseModel):
@@ -100,9 +106,7 @@ class DataConfig(StrictModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> "DataConfig":
-        names = [s.name for s in self.sources]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
+        if dupes := repeated([s.name for s in self.sources]):
             raise ValueError(f"source names must be unique; repeated: {dupes}")
         return self
 
@@ -154,7 +158,7 @@ class SanitizeConfig(StrictModel):
         # Hits are counted per rule name, so two rules with one name would merge their counts.
         builtin = {"model_special_tokens", "reserved_literals", "role_prefixes"}
         names = [r.name for r in self.extra_rules]
-        clashes = sorted({n for n in names if names.count(n) > 1 or n in builtin})
+        clashes = sorted(set(repeated(names)) | (set(names) & builtin))
         if clashes:
             raise ValueError(f"extra_rules names must be unique and not {sorted(builtin)}: {clashes}")
         return self
