@@ -23,8 +23,8 @@ import warnings
 import numpy as np
 import polars as pl
 
-from mixtune.manifest import SHARE_SCALE, MixRepeatWarning, MixSource, build_manifest
-from mixtune.mix_spec import MixSpec
+from mixtune.mix.manifest import SHARE_SCALE, MixRepeatWarning, MixSource, build_manifest
+from mixtune.mix.spec import MixSpec
 
 # --- knobs ---
 SAMPLES = 10_000_000

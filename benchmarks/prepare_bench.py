@@ -54,11 +54,11 @@ VOCAB_SIZE = 512              # tiny tokenizer's BPE vocabulary
 SEED = 0
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mixtune.sanitize import reserved_strings, sanitize, special_tokens_of  # noqa: E402
+from mixtune.prepare.sanitize import reserved_strings, sanitize, special_tokens_of  # noqa: E402
 from mixtune.sections import SanitizeConfig, SourceConfig, TinyModelConfig, ValidateConfig  # noqa: E402
-from mixtune.tiny_model import build_tiny_model  # noqa: E402
-from mixtune.transform import transform  # noqa: E402
-from mixtune.validate import validate  # noqa: E402
+from mixtune.models.tiny import build_tiny_model  # noqa: E402
+from mixtune.prepare.transform import transform  # noqa: E402
+from mixtune.prepare.validate import validate  # noqa: E402
 
 WORDS = (
     "the patient dose heart blood cell gene therapy acute chronic symptom treatment doctor "

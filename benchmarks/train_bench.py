@@ -6,7 +6,7 @@
 Baseline, the way most tutorials write it: HF Trainer + peft LoRA, each
 conversation rendered with the chat template and tokenized, batches padded
 to their longest example by DataCollatorForLanguageModeling (loss on every
-token). mixtune: ``mixtune.train_loop.train`` on a manifest of the same rows
+token). mixtune: ``mixtune.train.loop.train`` on a manifest of the same rows
 (packed micro-batches, loss on assistant tokens, no padding).
 
 Rows are real MedQuAD question/answer pairs (data/medquad), so lengths follow
@@ -57,9 +57,9 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLa
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from mixtune.sections import TinyModelConfig  # noqa: E402
-from mixtune.tiny_model import build_tiny_model  # noqa: E402
-from mixtune.train_config import TrainConfig  # noqa: E402
-from mixtune.train_loop import train  # noqa: E402
+from mixtune.models.tiny import build_tiny_model  # noqa: E402
+from mixtune.train.config import TrainConfig  # noqa: E402
+from mixtune.train.loop import train  # noqa: E402
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()

@@ -13,11 +13,13 @@ from __future__ import annotations
 from prefect import flow
 from pydantic import BaseModel
 
-from flows.prepare import PreparedData, prepare
-from mixtune.artifacts import ArtifactRef
+from mixtune.flows.prepare import PreparedData, prepare
+from mixtune.storage.artifacts import ArtifactRef
 from mixtune.config import MixtuneConfig
-from tasks._stage import bind
-from tasks.evaluate import evaluate_domain, evaluate_general, read_scores, run_name
+from mixtune.tasks._stage import bind
+from mixtune.eval.scores import read_scores
+from mixtune.eval.under_test import run_name
+from mixtune.tasks.evaluate import evaluate_domain, evaluate_general
 
 
 class EvalScores(BaseModel):
@@ -27,6 +29,15 @@ class EvalScores(BaseModel):
     general: ArtifactRef  # scores + lm-eval's per-document samples
     domain: ArtifactRef  # predictions with per-row scores
     scores: dict[str, float]  # {"mmlu/acc": ..., "domain/rouge_l": ...}
+
+
+class ComparisonResult(BaseModel):
+    """What the pipeline and sweep flows return: the base, every tuned mix, the report, the MLflow parent."""
+
+    base: EvalScores
+    runs: list[EvalScores]
+    report: ArtifactRef
+    mlflow_run_id: str
 
 
 @flow(name="evaluate", log_prints=True)

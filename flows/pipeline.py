@@ -13,34 +13,36 @@ from __future__ import annotations
 
 from prefect import flow
 from prefect.deployments import run_deployment
-from pydantic import BaseModel
 
-from flows.evaluate import EvalScores, evaluate
-from flows.prepare import PreparedData, prepare
-from flows.train import result_pointer, train
-from mixtune.artifacts import ArtifactRef, ArtifactStore
 from mixtune.config import MixtuneConfig, resolve_config
-from mixtune.mix_spec import MixSpec
-from mixtune.tracking import log_config, mlflow_run, tracking_uri
-from mixtune.train_job import MlflowTarget
-from tasks._stage import bind
-from tasks.compare import compare
-from tasks.mix_manifest import log_realized_mix, mix_manifest, run_size
+from mixtune.flows.evaluate import ComparisonResult, EvalScores, evaluate
+from mixtune.flows.prepare import PreparedData, prepare
+from mixtune.flows.train import result_pointer, train
+from mixtune.mix.sources import run_size
+from mixtune.mix.spec import MixSpec
+from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
+from mixtune.tasks._stage import bind
+from mixtune.tasks.compare import compare
+from mixtune.tasks.mix_manifest import mix_manifest
+from mixtune.tracking import log_config, log_realized_mix, mlflow_run, tracking_uri
+from mixtune.train.job import MlflowTarget
 
 
-class PipelineResult(BaseModel):
-    base: EvalScores
-    runs: list[EvalScores]
-    report: ArtifactRef
-    mlflow_run_id: str
+@flow(name="pipeline", log_prints=True)
+def pipeline(config: MixtuneConfig, train_deployment: str | None = None) -> ComparisonResult:
+    """prepare -> mix-manifest -> train -> evaluate (base and tuned) -> compare, for one mix."""
+    import mlflow
 
-
-def mix_name(mix: MixSpec) -> str:
-    """A readable run name: ``d75-code1-math2`` (weights as given, sorted by category)."""
-    if mix.domain_percent >= 100:
-        return "d100"
-    weights = "-".join(f"{c}{w:g}" for c, w in sorted(mix.weights.items()) if w > 0)
-    return f"d{mix.domain_percent:g}-{weights}"
+    config = resolve_config(config)  # a deployment passes it unresolved
+    with mlflow_run(config.tracking, config.storage, config.name, tags={"mixtune.flow": "pipeline"}) as parent:
+        log_config(mlflow, config.dump())
+        prepared = prepare(config)
+        base = evaluate(config, prepared)  # cached: a re-run or a sweep evaluates the base model once
+        tuned = mix_run(config, prepared, parent.info.run_id, train_deployment)
+        (compare_,) = bind(config.storage, compare)
+        report = compare_([base.general, base.domain], {tuned.run: [tuned.general, tuned.domain]},
+                          config.eval, config.storage, config.tracking, parent.info.run_id)
+    return ComparisonResult(base=base, runs=[tuned], report=report, mlflow_run_id=parent.info.run_id)
 
 
 @flow(name="mix-run", log_prints=True)
@@ -79,18 +81,9 @@ def train_remote(config: MixtuneConfig, name: str, manifest: ArtifactRef, prepar
     return ArtifactRef.model_validate(store.read_json(result_pointer(store, name, manifest)))
 
 
-@flow(name="pipeline", log_prints=True)
-def pipeline(config: MixtuneConfig, train_deployment: str | None = None) -> PipelineResult:
-    """prepare -> mix-manifest -> train -> evaluate (base and tuned) -> compare, for one mix."""
-    import mlflow
-
-    config = resolve_config(config)  # a deployment passes it unresolved
-    with mlflow_run(config.tracking, config.storage, config.name, tags={"mixtune.flow": "pipeline"}) as parent:
-        log_config(mlflow, config.dump())
-        prepared = prepare(config)
-        base = evaluate(config, prepared)  # cached: a re-run or a sweep evaluates the base model once
-        tuned = mix_run(config, prepared, parent.info.run_id, train_deployment)
-        (compare_,) = bind(config.storage, compare)
-        report = compare_([base.general, base.domain], {tuned.run: [tuned.general, tuned.domain]},
-                          config.eval, config.storage, config.tracking, parent.info.run_id)
-    return PipelineResult(base=base, runs=[tuned], report=report, mlflow_run_id=parent.info.run_id)
+def mix_name(mix: MixSpec) -> str:
+    """A readable run name: ``d75-code1-math2`` (weights as given, sorted by category)."""
+    if mix.domain_percent >= 100:
+        return "d100"
+    weights = "-".join(f"{c}{w:g}" for c, w in sorted(mix.weights.items()) if w > 0)
+    return f"d{mix.domain_percent:g}-{weights}"

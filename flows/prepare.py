@@ -14,16 +14,16 @@ from __future__ import annotations
 from prefect import Task, flow
 from pydantic import BaseModel, Field
 
-from mixtune.artifacts import ArtifactRef
+from mixtune.storage.artifacts import ArtifactRef
 from mixtune.config import MixtuneConfig, resolve_config
 from mixtune.sections import SourceConfig
-from tasks._stage import bind
-from tasks.download import download
-from tasks.model import log_model
-from tasks.sanitize import sanitize
-from tasks.split import split
-from tasks.transform import transform
-from tasks.validate import validate
+from mixtune.tasks._stage import bind
+from mixtune.tasks.download import download
+from mixtune.tasks.model import base_model
+from mixtune.tasks.sanitize import sanitize
+from mixtune.tasks.split import split
+from mixtune.tasks.transform import transform
+from mixtune.tasks.validate import validate
 
 
 class PreparedData(BaseModel):
@@ -49,7 +49,7 @@ def prepare(config: MixtuneConfig, categories: list[str] | None = None) -> Prepa
     """Validated, split domain data plus the category sources (default: those the mix weights)."""
     config = resolve_config(config)  # a deployment passes it unresolved
     stages = bind(config.storage, download, sanitize, transform, validate, split)
-    model_path = log_model(config.model, config.storage)  # the tokenizer validate counts with
+    model_path = base_model(config.model, config.storage)  # the tokenizer validate counts with
     domain = [prepare_source(source, config, stages[:4]) for source in config.data.sources]
     domain_split = stages[4](domain, config.split, config.storage)
     wanted = sorted(config.mix.category_weights()) if categories is None else sorted(categories)

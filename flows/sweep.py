@@ -14,26 +14,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prefect import flow
-from pydantic import BaseModel
 
-from flows.evaluate import EvalScores, evaluate
-from flows.pipeline import mix_name, mix_run
-from flows.prepare import prepare
-from mixtune.artifacts import ArtifactRef
+from mixtune.flows.evaluate import ComparisonResult, EvalScores, evaluate
+from mixtune.flows.pipeline import mix_name, mix_run
+from mixtune.flows.prepare import prepare
+from mixtune.storage.artifacts import ArtifactRef
 from mixtune.config import MixtuneConfig, resolve_config
-from mixtune.mix_spec import MixSpec
+from mixtune.mix.spec import MixSpec
 from mixtune.tracking import log_config, mlflow_run
-from tasks._stage import bind
-from tasks.compare import compare
+from mixtune.tasks._stage import bind
+from mixtune.tasks.compare import compare
 
 DEFAULT_DOMAIN_PERCENTS = [100.0, 75.0, 50.0, 25.0]
-
-
-class SweepResult(BaseModel):
-    base: EvalScores
-    runs: list[EvalScores]
-    report: ArtifactRef
-    mlflow_run_id: str
 
 
 def sweep_mixes(base: MixSpec, domain_percents: list[float] | None = None,
@@ -57,7 +49,7 @@ def sweep_mixes(base: MixSpec, domain_percents: list[float] | None = None,
 @flow(name="sweep", log_prints=True)
 def sweep(config: MixtuneConfig, domain_percents: list[float] | None = None,
           mixes: list[dict[str, Any]] | None = None, max_concurrency: int = 1,
-          train_deployment: str | None = None) -> SweepResult:
+          train_deployment: str | None = None) -> ComparisonResult:
     """Prepare once, evaluate the base once, then one child flow run per mix, then compare them all."""
     import mlflow
 
@@ -78,4 +70,4 @@ def sweep(config: MixtuneConfig, domain_percents: list[float] | None = None,
         (compare_,) = bind(config.storage, compare)
         report = compare_([base.general, base.domain], {r.run: [r.general, r.domain] for r in runs},
                           config.eval, config.storage, config.tracking, parent.info.run_id)
-    return SweepResult(base=base, runs=runs, report=report, mlflow_run_id=parent.info.run_id)
+    return ComparisonResult(base=base, runs=runs, report=report, mlflow_run_id=parent.info.run_id)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.prepare import PreparedData
-from mixtune.artifacts import ArtifactRef, ArtifactStore
+from mixtune.flows.prepare import PreparedData
+from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
 from mixtune.config import MixtuneConfig, resolve_config
-from mixtune.train_job import MlflowTarget
-from tasks._stage import bind
-from tasks.train import train as train_task
+from mixtune.train.job import MlflowTarget
+from mixtune.tasks._stage import bind
+from mixtune.tasks.train import train as train_task
 
 
 def result_pointer(store: ArtifactStore, name: str, manifest: ArtifactRef) -> str:

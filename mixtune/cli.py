@@ -23,8 +23,7 @@ from typing import Callable
 import yaml
 
 from mixtune.errors import MixtuneError
-
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+from mixtune.resources import DEMO_CONFIG
 
 # What the offline demo needs everywhere; a user's own environment wins.
 _OFFLINE_DEFAULTS = {
@@ -63,7 +62,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
     _set_defaults(_RUN_DEFAULTS)
     cfg = load_config(args.config)
-    from flows.prepare import prepare
+    from mixtune.flows.prepare import prepare
 
     prepared = prepare(cfg)
     _print_prepared(prepared)
@@ -85,10 +84,10 @@ def _cmd_mix_plan(args: argparse.Namespace) -> int:
 
     _set_defaults(_RUN_DEFAULTS)
     cfg = load_config(args.config)
-    from flows.prepare import prepare
-    from mixtune.artifacts import ArtifactStore
-    from mixtune.mix_plan import plan_mix
-    from tasks.mix_manifest import mix_sources, run_size
+    from mixtune.flows.prepare import prepare
+    from mixtune.storage.artifacts import ArtifactStore
+    from mixtune.mix.plan import plan_mix
+    from mixtune.mix.sources import mix_sources, run_size
 
     prepared = prepare(cfg)
     sources = mix_sources(ArtifactStore(cfg.storage), prepared.split, prepared.categories)
@@ -102,7 +101,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     _set_defaults(_RUN_DEFAULTS)
     cfg = load_config(args.config)
-    from flows.pipeline import pipeline
+    from mixtune.flows.pipeline import pipeline
 
     result = pipeline(cfg, train_deployment=args.train_deployment)
     _print_where(cfg, result.report, result.mlflow_run_id)
@@ -114,7 +113,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     _set_defaults(_RUN_DEFAULTS)
     cfg = load_config(args.config)
-    from flows.sweep import sweep
+    from mixtune.flows.sweep import sweep
 
     percents = [float(p) for p in args.domain_percent.split(",")] if args.domain_percent else None
     mixes = yaml.safe_load(open(args.mixes)) if args.mixes else None
@@ -126,7 +125,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _print_where(cfg, report, mlflow_run_id: str) -> None:
     """Where the user looks next: the report, the Prefect UI, the MLflow UI."""
-    from mixtune.artifacts import ArtifactStore
+    from mixtune.storage.artifacts import ArtifactStore
     from mixtune.tracking import tracking_uri
 
     store = ArtifactStore(cfg.storage)
@@ -142,14 +141,14 @@ def _print_where(cfg, report, mlflow_run_id: str) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     _set_defaults(_OFFLINE_DEFAULTS)
     if not DEMO_CONFIG.exists():
-        raise MixtuneError(f"demo config not found at {DEMO_CONFIG}: run from a source checkout")
+        raise MixtuneError(f"demo config not found at {DEMO_CONFIG}: the installed package is incomplete")
     args.config = str(DEMO_CONFIG)
     args.train_deployment = None
     return _cmd_run(args)
 
 
 def _cmd_check_data(args: argparse.Namespace) -> int:
-    from mixtune.check_data import check_data_cli
+    from mixtune.prepare.check import check_data_cli
 
     return check_data_cli(args)
 

@@ -16,9 +16,9 @@ import yaml
 from pydantic import ConfigDict, Field, ValidationError
 
 from mixtune.errors import ConfigError
-from mixtune.eval_config import EvalConfig
-from mixtune.train_config import TrainConfig
-from mixtune.mix_spec import CategoryCatalog, MixSpec, resolve_catalog
+from mixtune.eval.config import EvalConfig
+from mixtune.train.config import TrainConfig
+from mixtune.mix.spec import CategoryCatalog, MixSpec, resolve_catalog
 from mixtune.sections import (  # noqa: F401  (re-exported: one import for users)
     TINY_MODEL,
     DataConfig,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mixtune.sections import StorageConfig, TrackingConfig
+from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
 
 # MLflow rejects longer param values; a longer one is cut with a marker.
 _MAX_PARAM_CHARS = 6000
@@ -101,3 +102,15 @@ def log_config(mlflow: Any, config_dump: dict[str, Any]) -> None:
     for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
         mlflow.log_params(dict(items[start:start + 100]))
     mlflow.log_dict(config_dump, "config/resolved_config.json")
+
+
+def log_realized_mix(mlflow, manifest: ArtifactRef, storage: StorageConfig) -> None:
+    """The realized mix on the active MLflow run: a param per source and category, and the table."""
+    summary = ArtifactStore(storage).read_table(manifest, "summary")
+    params = {}
+    for row in summary.to_dicts():
+        label = {"source": f"source.{row['source']}", "category": f"category.{row['category']}"}.get(row["level"], "total")
+        for field in ("realized_samples", "realized_tokens", "realized_share"):
+            params[f"realized_mix.{label}.{field.removeprefix('realized_')}"] = row[field]
+    mlflow.log_params(params)
+    mlflow.log_table(summary.to_pandas(), artifact_file="mix/realized_mix.json")

@@ -22,7 +22,7 @@ from typing import Any, Callable
 from prefect import Task, task
 from prefect.context import TaskRunContext
 
-from mixtune.artifacts import ArtifactStore, code_version, fingerprint, storage_options
+from mixtune.storage.artifacts import ArtifactStore, code_version, fingerprint, storage_options
 from mixtune.sections import StorageConfig
 
 _VERSIONS: dict[str, str] = {}
@@ -93,7 +93,7 @@ def result_storage_for(storage: StorageConfig) -> Path | str:
     settings in plain text in the Prefect database).
     """
     store = ArtifactStore(storage)
-    if store._is_local:
+    if store.is_local:
         return Path(store.root) / "_prefect"
     from prefect.filesystems import RemoteFileSystem
 

@@ -19,15 +19,16 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-import mixtune.compare as core
-from mixtune import report
-from mixtune.artifacts import ArtifactRef, ArtifactStore, code_version, fingerprint
-from mixtune.eval_config import EvalConfig
-from mixtune.eval_domain import primary_domain_score
+import mixtune.eval.compare as core
+from mixtune.eval import report
+from mixtune.storage.artifacts import ArtifactRef, ArtifactStore, code_version, fingerprint
+from mixtune.eval.config import EvalConfig
+from mixtune.eval.domain import primary_domain_score
 from mixtune.sections import StorageConfig, TrackingConfig
 from mixtune.tracking import tracking_uri
-from tasks._stage import stage_task
-from tasks.evaluate import BASE_RUN, read_scores
+from mixtune.tasks._stage import stage_task
+from mixtune.eval.scores import read_scores
+from mixtune.eval.under_test import BASE_RUN
 
 REPORT_FILES = ("report.md", "report.html", "pareto.png")
 

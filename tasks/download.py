@@ -6,11 +6,11 @@ from typing import Any
 
 from prefect import get_run_logger
 
-import mixtune.download as core
-import mixtune.formats as formats
-from mixtune.artifacts import ArtifactRef, ArtifactStore, fingerprint
+import mixtune.prepare.download as core
+import mixtune.prepare.formats as formats
+from mixtune.storage.artifacts import ArtifactRef, ArtifactStore, fingerprint
 from mixtune.sections import SourceConfig, StorageConfig
-from tasks._stage import stage_task
+from mixtune.tasks._stage import stage_task
 
 
 def _input_identity(parameters: dict[str, Any]) -> str:

@@ -5,10 +5,6 @@
 offline benchmark files' bytes and, for a tuned model, the training
 artifact's fingerprint; nothing about the mix or the run. So every mix of a
 sweep asks for the same base key and the base model is evaluated once.
-
-A trained model is a ``train`` artifact: ``{uri}/adapter/`` (PEFT adapter,
-applied unmerged on the configured base) when its manifest says
-``"method": "lora"``, ``{uri}/model/`` (full weights) when ``"full"``.
 """
 
 from __future__ import annotations
@@ -18,60 +14,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 
-import mixtune.eval_domain as domain_core
-import mixtune.eval_general as general_core
-from mixtune import eval_tasks, judge
-from mixtune.artifacts import ArtifactRef, ArtifactStore
-from mixtune.eval_config import EvalConfig
+import mixtune.eval.domain as domain_core
+import mixtune.eval.general as general_core
+from mixtune.eval import benchmarks, judge
+from mixtune.eval.config import EvalConfig
+from mixtune.eval.scores import samples_table, scores_table
+from mixtune.eval.under_test import model_under_test, run_name
+from mixtune.models.tiny import tiny_model_key
 from mixtune.sections import TINY_MODEL, ModelConfig, StorageConfig
-from mixtune.tiny_model import local_model_cache, tiny_model_key
-from tasks._stage import artifact_key, current_key, stage_task
-from tasks.model import local_model_path
-
-BASE_RUN = "base"  # the run name of the untuned model in artifacts, tables and reports
-_WEIGHTS_FOLDER = {"lora": "adapter", "full": "model"}
-
-# --- which model is under test ---
-
-
-def local_model_files(ref: ArtifactRef, store: ArtifactStore) -> Path:
-    """Local folder of a trained model's weights: the adapter (LoRA) or the full model.
-
-    On a remote root the folder is fetched once into the local model cache
-    (HF loaders need local files); a half-finished copy is never used.
-    """
-    method = store.manifest(ref).get("method")
-    if method not in _WEIGHTS_FOLDER:
-        raise ValueError(f"{ref.uri}/manifest.json: method is {method!r}; a train artifact says 'lora' or 'full'")
-    folder = _WEIGHTS_FOLDER[method]
-    if store._is_local:
-        local = Path(store._path(ref.uri)) / folder
-        if not local.is_dir():
-            raise FileNotFoundError(f"{ref.uri}: no {folder}/ folder for a {method} model")
-        return local
-    local = local_model_cache(store) / "trained" / f"{ref.name}-{ref.fingerprint[:16]}" / folder
-    return store.fetch_dir(f"{ref.uri}/{folder}", local)
-
-
-def model_under_test(model: ModelConfig, trained: ArtifactRef | None,
-                     storage: StorageConfig) -> tuple[str, str | None, str | None]:
-    """(pretrained, adapter_dir, revision) for the loaders: the base, base + adapter, or full weights."""
-    base = local_model_path(model, storage)
-    if trained is None:
-        return base, None, model.revision
-    store = ArtifactStore(storage)
-    files = local_model_files(trained, store)
-    if store.manifest(trained)["method"] == "lora":
-        return base, str(files), model.revision
-    return str(files), None, None  # full weights: a local folder, no hub revision
-
-
-def run_name(trained: ArtifactRef | None) -> str:
-    return BASE_RUN if trained is None else trained.name
+from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
+from mixtune.tasks._stage import artifact_key, current_key, stage_task
 
 # --- cache key parts the parameters do not carry ---
 
@@ -103,8 +58,8 @@ def _general_inputs(parameters: dict[str, Any]) -> dict[str, Any]:
     offline = general_core.resolve_offline(cfg)
     data = None
     if offline and cfg.general_tasks:
-        data_dir = Path(cfg.data_dir) if cfg.data_dir else eval_tasks.PROJECT_DATA_DIR
-        data = _files_fingerprint(eval_tasks.offline_data_files(data_dir), data_dir)
+        data_dir = Path(cfg.data_dir) if cfg.data_dir else benchmarks.PROJECT_DATA_DIR
+        data = _files_fingerprint(benchmarks.offline_data_files(data_dir), data_dir)
     return {"model": _model_identity(parameters["model"]), "offline": offline, "data": data,
             "eval": _measured_settings(cfg)}
 
@@ -115,20 +70,6 @@ def _domain_inputs(parameters: dict[str, Any]) -> dict[str, Any]:
 # --- scores ---
 
 
-def read_scores(refs: list[ArtifactRef], storage: StorageConfig) -> dict[str, float]:
-    """One flat ``{"mmlu/acc": ..., "domain/rouge_l": ...}`` from evaluation artifacts' manifests."""
-    store = ArtifactStore(storage)
-    scores: dict[str, float] = {}
-    for ref in refs:
-        scores |= {k: float(v) for k, v in store.manifest(ref)["scores"].items()}
-    return scores
-
-
-def _scores_table(scores: dict[str, float]) -> pl.DataFrame:
-    return pl.DataFrame({"metric": list(scores), "value": list(scores.values())},
-                        schema={"metric": pl.Utf8, "value": pl.Float64})
-
-
 def _publish_scores(ref: ArtifactRef, scores: dict[str, float], axis: str, name: str) -> None:
     create_table_artifact(
         key=artifact_key(f"eval-{axis}-{name}"),
@@ -137,36 +78,10 @@ def _publish_scores(ref: ArtifactRef, scores: dict[str, float], axis: str, name:
     )
 
 
-def _first_number(sample: dict[str, Any]) -> float | None:
-    """The sample's first metric as a number (bools count); None for list-valued ones."""
-    for metric in sample.get("metrics", []):
-        value = sample.get(metric)
-        if isinstance(value, (bool, int, float)):
-            return float(value)
-    return None
-
-
-def samples_table(samples: dict[str, list[dict[str, Any]]]) -> pl.DataFrame:
-    """lm-eval's per-document log as one table: prompt, target, response and per-row scores."""
-    rows = []
-    for task, logged in sorted(samples.items()):
-        for s in logged:
-            arguments = s.get("arguments") or [[""]]
-            rows.append({
-                "task": task, "doc_id": int(s.get("doc_id", -1)), "filter": str(s.get("filter", "")),
-                "prompt": str(arguments[0][0]), "target": str(s.get("target", "")),
-                "response": json.dumps(s.get("filtered_resps"), default=str),
-                "score": _first_number(s),
-                "metrics": json.dumps({m: s.get(m) for m in s.get("metrics", [])}, default=str),
-            })
-    schema = {"task": pl.Utf8, "doc_id": pl.Int64, "filter": pl.Utf8, "prompt": pl.Utf8, "target": pl.Utf8,
-              "response": pl.Utf8, "score": pl.Float64, "metrics": pl.Utf8}
-    return pl.DataFrame(rows, schema=schema)
-
 # --- the two axes ---
 
 
-@stage_task("eval_general", general_core, eval_tasks, key_extra=_general_inputs, not_in_key=("eval_cfg",))
+@stage_task("eval_general", general_core, benchmarks, key_extra=_general_inputs, not_in_key=("eval_cfg",))
 def evaluate_general(model: ModelConfig, trained: ArtifactRef | None, eval_cfg: EvalConfig,
                      storage: StorageConfig) -> ArtifactRef:
     """lm-eval benchmarks on the base (``trained=None``) or a trained model; scores and per-document samples."""
@@ -179,7 +94,7 @@ def evaluate_general(model: ModelConfig, trained: ArtifactRef | None, eval_cfg: 
         samples = samples_table(run.samples)
         ref = store.commit(
             stage="eval_general", name=name, key=key,
-            tables={"scores": _scores_table(run.scores), "samples": samples},
+            tables={"scores": scores_table(run.scores), "samples": samples},
             parents=[trained] if trained else [], parameters={"eval": eval_cfg, "model": model},
             rows_in=samples.height, rows_kept=samples.height,
             extra={"scores": run.scores, "docs_evaluated": run.docs_evaluated,

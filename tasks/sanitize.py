@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from prefect.artifacts import create_table_artifact
 
-import mixtune.sanitize as core
-from mixtune.artifacts import ArtifactRef, ArtifactStore
+import mixtune.prepare.sanitize as core
+from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
 from mixtune.sections import ModelConfig, SanitizeConfig, SourceConfig, StorageConfig
-from tasks._stage import artifact_key, current_key, stage_task
-from tasks.model import load_tokenizer
+from mixtune.tasks._stage import artifact_key, current_key, stage_task
+from mixtune.models import load_tokenizer
 
 
 @stage_task("sanitize", core)

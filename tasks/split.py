@@ -5,10 +5,10 @@ from __future__ import annotations
 import polars as pl
 from prefect.artifacts import create_table_artifact
 
-import mixtune.split as core
-from mixtune.artifacts import ArtifactRef, ArtifactStore
+import mixtune.prepare.split as core
+from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
 from mixtune.sections import SplitConfig, StorageConfig
-from tasks._stage import current_key, stage_task
+from mixtune.tasks._stage import current_key, stage_task
 
 
 @stage_task("split", core)

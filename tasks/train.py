@@ -14,15 +14,15 @@ import polars as pl
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-import mixtune.train_job as job_core
-import mixtune.train_loop as core
-from mixtune.artifacts import ArtifactRef, ArtifactStore
-from mixtune.launch import build_launch
+import mixtune.train.job as job_core
+import mixtune.train.loop as core
+from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
+from mixtune.train.launch import build_launch
 from mixtune.sections import ModelConfig, StorageConfig
-from mixtune.train_config import TrainConfig
-from tasks._stage import current_key, stage_task
-from tasks.mix_manifest import training_sources
-from tasks.model import local_model_path
+from mixtune.train.config import TrainConfig
+from mixtune.tasks._stage import current_key, stage_task
+from mixtune.mix.sources import training_sources
+from mixtune.models import model_path as local_model_path
 
 
 def _write_inputs(store: ArtifactStore, split: ArtifactRef, categories: dict[str, list[ArtifactRef]],
@@ -52,9 +52,9 @@ def train(name: str, model: ModelConfig, manifest: ArtifactRef, split: ArtifactR
     with tempfile.TemporaryDirectory(prefix="mixtune-train-") as tmp:
         work = Path(tmp)
         # A local root trains in place; a remote one trains locally and uploads.
-        out_dir = Path(uri) if store._is_local else work / "out"
-        ckpt_dir = Path(checkpoints_uri) if store._is_local else work / "checkpoints"
-        if not store._is_local and store.exists(checkpoints_uri):
+        out_dir = Path(uri) if store.is_local else work / "out"
+        ckpt_dir = Path(checkpoints_uri) if store.is_local else work / "checkpoints"
+        if not store.is_local and store.exists(checkpoints_uri):
             store.get_dir(checkpoints_uri, str(ckpt_dir))  # resume where a crashed worker stopped
         job = job_core.TrainJob(
             model_path=local_model_path(model, storage), revision=model.revision,
@@ -66,7 +66,7 @@ def train(name: str, model: ModelConfig, manifest: ArtifactRef, split: ArtifactR
             **_write_inputs(store, split, categories, manifest, work),
         )
         summary = _run(job, work, store, checkpoints_uri)
-        if not store._is_local:
+        if not store.is_local:
             store.put_dir(str(out_dir), uri)
             store.put_dir(str(ckpt_dir), checkpoints_uri)
     steps = pl.DataFrame({"step": range(1, len(summary["step_losses"]) + 1), "loss": summary["step_losses"]},
@@ -84,7 +84,7 @@ def train(name: str, model: ModelConfig, manifest: ArtifactRef, split: ArtifactR
 
 def _run(job: job_core.TrainJob, work: Path, store: ArtifactStore, checkpoints_uri: str) -> dict:
     """In this process on one device; one process per GPU through accelerate otherwise."""
-    plan = build_launch("mixtune.train_job", [str(work / "job.json")])
+    plan = build_launch("mixtune.train.job", [str(work / "job.json")])
     if plan.in_process:
         callbacks = [c for c in (_progress(job), _sync_checkpoints(job, store, checkpoints_uri)) if c]
         result = job_core.run_job(job, on_step_end=lambda report: [c(report) for c in callbacks])
@@ -119,7 +119,7 @@ def _progress(job: job_core.TrainJob):
 def _sync_checkpoints(job: job_core.TrainJob, store: ArtifactStore, checkpoints_uri: str):
     """Copies each new checkpoint to a remote root, so another worker can resume it."""
     every = job.cfg.checkpoint_every_steps
-    if store._is_local or not every:
+    if store.is_local or not every:
         return None
 
     def sync(report: core.StepReport) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import mixtune.transform as core
-from mixtune.artifacts import ArtifactRef, ArtifactStore
+import mixtune.prepare.transform as core
+from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
 from mixtune.sections import SourceConfig, StorageConfig
-from tasks._stage import current_key, stage_task
+from mixtune.tasks._stage import current_key, stage_task
 
 
 @stage_task("transform", core)

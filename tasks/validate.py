@@ -5,13 +5,13 @@ from __future__ import annotations
 import polars as pl
 from prefect.artifacts import create_table_artifact
 
-import mixtune.sanitize as sanitize_core
-import mixtune.validate as core
-from mixtune.artifacts import ArtifactRef, ArtifactStore
+import mixtune.prepare.sanitize as sanitize_core
+import mixtune.prepare.validate as core
+from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
 from mixtune.errors import RejectShareExceeded
 from mixtune.sections import ModelConfig, SanitizeConfig, StorageConfig, ValidateConfig
-from tasks._stage import artifact_key, current_key, stage_task
-from tasks.model import load_tokenizer
+from mixtune.tasks._stage import artifact_key, current_key, stage_task
+from mixtune.models import load_tokenizer
 
 
 @stage_task("validate", core)

@@ -49,7 +49,7 @@ def tiny_model_config(**overrides) -> TinyModelConfig:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny Llama folder with a trained tokenizer and chat template, built once per session."""
-    from mixtune.tiny_model import build_tiny_model
+    from mixtune.models.tiny import build_tiny_model
 
     return build_tiny_model(tiny_model_config(), tmp_path_factory.mktemp("tiny-model"))
 

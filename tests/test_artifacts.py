@@ -7,7 +7,7 @@ import json
 import polars as pl
 import pytest
 
-from mixtune.artifacts import ArtifactRef, ArtifactStore, fingerprint, storage_options
+from mixtune.storage.artifacts import ArtifactRef, ArtifactStore, fingerprint, storage_options
 from mixtune.sections import SplitConfig, StorageConfig
 
 

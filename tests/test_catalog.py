@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from mixtune.config import load_config
-from mixtune.mix_spec import NOVA_CATEGORY_MAP, load_catalog
+from mixtune.mix.spec import NOVA_CATEGORY_MAP, load_catalog
 
 REPO = Path(__file__).resolve().parents[1]
 ONLINE = load_catalog(REPO / "configs" / "catalog.yaml")
@@ -78,8 +78,8 @@ def test_catalog_offline_loads_in_a_run_config(tmp_path):
 
 @pytest.mark.parametrize("category, src", OFFLINE_SOURCES, ids=[s.name for _, s in OFFLINE_SOURCES])
 def test_catalog_offline_source_downloads_and_transforms_without_rejects(category, src):
-    from mixtune.download import download
-    from mixtune.transform import transform
+    from mixtune.prepare.download import download
+    from mixtune.prepare.transform import transform
 
     downloaded = download(src)
     result = transform(downloaded.frame, src)

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from mixtune.chat_tokens import IGNORE_INDEX, tokenize_chat, supervised_text
+from mixtune.train.chat_tokens import IGNORE_INDEX, tokenize_chat, supervised_text
 
 CONVERSATION = [
     {"role": "system", "content": "You are a careful medical assistant."},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mixtune.compare import (
+from mixtune.eval.compare import (
     BOTH_IMPROVED,
     DOMAIN_BELOW_TARGET,
     GENERAL_DEGRADED,

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from mixtune.config import MixtuneConfig, _resolve_paths, load_config
-from mixtune.mix_spec import MixSpec, load_catalog
+from mixtune.mix.spec import MixSpec, load_catalog
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOYMENTS = REPO / "deployments"
@@ -291,7 +291,8 @@ def test_worker_image_pins_torch_runs_as_non_root_and_copies_what_exists(name):
     torch_install = text.index('"torch==$TORCH_VERSION"')
     assert torch_install < text.index("pip install -c"), "torch must be installed before the project"
     assert text.rstrip().splitlines()[-1].startswith("CMD")
-    assert "USER mixtune" in text and text.index("USER mixtune") > text.index("pip install --no-deps -e .")
+    assert "USER mixtune" in text and text.index("USER mixtune") > text.index("pip install --no-deps .")
+    assert "-e ." not in text and "editable" not in text.lower()
     assert "HF_HOME=/cache/hf" in text and "PREFECT_HOME=/cache/prefect" in text and 'VOLUME ["/cache"]' in text
     for source in re.findall(r"^COPY (.+) \S+$", text, re.M):
         for part in source.split():

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 from s3_server import create_bucket, s3_endpoint  # noqa: F401  (fixture)
 
-from mixtune.download import download, stat_fingerprint
+from mixtune.prepare.download import download, stat_fingerprint
 from mixtune.errors import DataError
 from mixtune.sections import SourceConfig, StorageConfig
 
@@ -367,7 +367,7 @@ def test_http_file_that_is_missing_is_named(http_folder):
 
 
 def test_unpinned_hub_revision_is_named_and_a_commit_sha_is_not():
-    from mixtune.download import unpinned_revision
+    from mixtune.prepare.download import unpinned_revision
 
     floating = SourceConfig(name="m", uri="hf://allenai/tulu-3-sft-personas-math", revision="main")
     assert "revision 'main'" in unpinned_revision(floating) and "'m'" in unpinned_revision(floating)

@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 
 from mixtune.errors import ConfigError, DataError
-from mixtune.eval_config import DomainEvalConfig, JudgeConfig
-from mixtune.eval_domain import (
+from mixtune.eval.config import DomainEvalConfig, JudgeConfig
+from mixtune.eval.domain import (
     NO_LABEL,
     evaluate_domain,
     exact_match,
@@ -276,7 +276,7 @@ def test_judge_scores_rows_sends_the_key_only_in_the_header_and_never_returns_it
 
 
 def test_judge_with_unset_key_variable_fails_before_any_request(judge_server, monkeypatch):
-    from mixtune.judge import judge_predictions
+    from mixtune.eval.judge import judge_predictions
 
     monkeypatch.delenv("JUDGE_KEY_MISSING", raising=False)
     cfg = JudgeConfig(enabled=True, base_url=judge_server, model="grader", api_key_env="JUDGE_KEY_MISSING")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from mixtune.errors import ConfigError
-from mixtune.eval_config import EvalConfig
-from mixtune.eval_general import flatten_scores, resolve_offline, run_general
-from mixtune.eval_tasks import (
+from mixtune.eval.config import EvalConfig
+from mixtune.eval.general import flatten_scores, resolve_offline, run_general
+from mixtune.eval.benchmarks import (
     PROJECT_DATA_DIR,
     arc_challenge_offline_task,
     gsm8k_fewshot_pool,

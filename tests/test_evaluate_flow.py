@@ -15,10 +15,10 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from s3_server import create_bucket, s3_endpoint  # noqa: F401  (fixture)
 from test_prepare_flow import demo_like_config, task_states, write_domain_rows
 
-from flows.evaluate import evaluate
-from flows.prepare import prepare
-from mixtune.artifacts import ArtifactRef, ArtifactStore, fingerprint
-from mixtune.compare import (
+from mixtune.flows.evaluate import evaluate
+from mixtune.flows.prepare import prepare
+from mixtune.storage.artifacts import ArtifactRef, ArtifactStore, fingerprint
+from mixtune.eval.compare import (
     BOTH_IMPROVED,
     DOMAIN_BELOW_TARGET,
     GENERAL_DEGRADED,
@@ -26,14 +26,14 @@ from mixtune.compare import (
     IF_DEGRADED,
 )
 from mixtune.config import MixtuneConfig, parse_config
-from mixtune.eval_tasks import PROJECT_DATA_DIR
+from mixtune.eval.benchmarks import PROJECT_DATA_DIR
 from mixtune.sections import StorageConfig, TrackingConfig
-from mixtune.tiny_model import local_model_cache
+from mixtune.models.tiny import local_model_cache
 from mixtune.tracking import mlflow_run, tracking_uri
-from tasks._stage import _key, bind
-from tasks.compare import compare
-from tasks.evaluate import local_model_files
-from tasks.model import local_model_path
+from mixtune.tasks._stage import _key, bind
+from mixtune.tasks.compare import compare
+from mixtune.eval.under_test import local_model_files
+from mixtune.models import model_path as local_model_path
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -231,6 +231,6 @@ def test_remote_trained_model_is_fetched_once_into_the_local_cache(s3_endpoint):
                        extra={"method": "lora"})
     local = local_model_files(ref, store)
     assert local.name == "adapter" and (local / "adapter_config.json").read_bytes() == b'{"r": 4}'
-    store.fs.rm(store._path(f"{uri}/adapter"), recursive=True)
+    store.fs.rm(store.fs_path(f"{uri}/adapter"), recursive=True)
     assert local_model_files(ref, store) == local  # served from the cache, not fetched again
     shutil.rmtree(local_model_cache(store))

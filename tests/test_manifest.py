@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mixtune.artifacts import ArtifactStore
-from mixtune.manifest import (
+from mixtune.storage.artifacts import ArtifactStore
+from mixtune.mix.manifest import (
     SHARE_SCALE,
     MixRepeatWarning,
     MixSource,
@@ -25,8 +25,8 @@ from mixtune.manifest import (
     share_units,
     stratified_counts,
 )
-from mixtune.mix_plan import MixPlan, plan_mix
-from mixtune.mix_spec import MixSpec
+from mixtune.mix.plan import MixPlan, plan_mix
+from mixtune.mix.spec import MixSpec
 from mixtune.sections import StorageConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,7 +198,7 @@ def test_mix_same_inputs_same_parquet_bytes_even_in_a_fresh_process(tmp_path):
     script = (
         "import sys; sys.path.insert(0, sys.argv[1]); import hashlib, pathlib\n"
         "from test_manifest import build, demo_sources, manifest_bytes\n"
-        "from mixtune.mix_spec import MixSpec\n"
+        "from mixtune.mix.spec import MixSpec\n"
         "spec = MixSpec(domain_percent=70, weights={'math': 2, 'code': 1}, seed=3)\n"
         "m = build(spec, demo_sources(), global_batch_size=24, max_steps=40)\n"
         "print(hashlib.sha256(manifest_bytes(m, pathlib.Path(sys.argv[2]))).hexdigest())\n"

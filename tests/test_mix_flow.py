@@ -11,12 +11,13 @@ import polars as pl
 import pytest
 from prefect import flow
 
-from flows.prepare import prepare
-from mixtune.artifacts import ArtifactStore
+from mixtune.flows.prepare import prepare
+from mixtune.storage.artifacts import ArtifactStore
 from mixtune.cli import main
 from mixtune.config import load_config
-from tasks._stage import bind
-from tasks.mix_manifest import mix_manifest, run_size
+from mixtune.tasks._stage import bind
+from mixtune.mix.sources import run_size
+from mixtune.tasks.mix_manifest import mix_manifest
 from test_prepare_flow import demo_like_config, task_states, write_domain_rows
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

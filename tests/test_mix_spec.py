@@ -9,7 +9,7 @@ import yaml
 
 from mixtune.config import load_config, parse_config
 from mixtune.errors import ConfigError
-from mixtune.mix_spec import NOVA_CATEGORY_MAP, MixSpec, source_fractions, translate_nova_form
+from mixtune.mix.spec import NOVA_CATEGORY_MAP, MixSpec, source_fractions, translate_nova_form
 
 DATA = {"data": {"sources": [{"name": "domain-qa", "uri": "d.jsonl"}]}}
 

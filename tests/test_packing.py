@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from mixtune.chat_tokens import IGNORE_INDEX, tokenize_chat
-from mixtune.packing import PACKED_ATTENTION, pack, pad, register_packed_attention
-from mixtune.train_losses import TokenLoss
+from mixtune.train.chat_tokens import IGNORE_INDEX, tokenize_chat
+from mixtune.train.packing import PACKED_ATTENTION, pack, pad, register_packed_attention
+from mixtune.train.losses import TokenLoss
 
 CONVERSATIONS = [
     [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is gout?"},

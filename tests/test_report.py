@@ -6,8 +6,8 @@ import base64
 
 import pytest
 
-from mixtune.compare import BOTH_IMPROVED, GENERAL_DEGRADED, RunScores, compare_runs
-from mixtune.report import plot_pareto, render_html, render_markdown
+from mixtune.eval.compare import BOTH_IMPROVED, GENERAL_DEGRADED, RunScores, compare_runs
+from mixtune.eval.report import plot_pareto, render_html, render_markdown
 
 BASE = RunScores("base", 0.30, {"mmlu/acc": 0.50, "ifeval/prompt_level_strict_acc": 0.40, "mmlu_medical/acc": 0.5})
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixtune.sanitize import (
+from mixtune.prepare.sanitize import (
     escape_regex,
     find_reserved,
     reserved_strings,

@@ -9,7 +9,7 @@ import pytest
 
 from mixtune.errors import DataError
 from mixtune.sections import SplitConfig
-from mixtune.split import SPLITS, conversation_prompts, split
+from mixtune.prepare.split import SPLITS, conversation_prompts, split
 
 
 MESSAGES = pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))

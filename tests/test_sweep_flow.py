@@ -10,10 +10,10 @@ import pytest
 import yaml
 from prefect.client.orchestration import get_client
 
-from flows.sweep import sweep, sweep_mixes
-from mixtune.artifacts import ArtifactStore
+from mixtune.flows.sweep import sweep, sweep_mixes
+from mixtune.storage.artifacts import ArtifactStore
 from mixtune.config import load_config
-from mixtune.mix_spec import MixSpec
+from mixtune.mix.spec import MixSpec
 from mixtune.tracking import tracking_uri
 from prefect_server import flow_run_tree, stage_states
 from test_prepare_flow import demo_like_config, write_domain_rows

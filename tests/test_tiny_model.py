@@ -7,9 +7,9 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import tiny_model_config
-from mixtune.artifacts import ArtifactStore
+from mixtune.storage.artifacts import ArtifactStore
 from mixtune.sections import ModelConfig, StorageConfig
-from mixtune.tiny_model import build_tiny_model, resolve_model
+from mixtune.models.tiny import build_tiny_model, resolve_model
 
 
 def test_tiny_model_is_byte_identical_when_rebuilt(tiny_model_dir, tmp_path):

@@ -11,10 +11,10 @@ from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from mixtune.errors import ConfigError, DataError
-from mixtune.launch import build_launch
-from mixtune.train_config import TrainConfig
-from mixtune.train_loop import train
-from mixtune.train_model import build_model, liger_enabled, trainable_parameters
+from mixtune.train.launch import build_launch
+from mixtune.train.config import TrainConfig
+from mixtune.train.loop import train
+from mixtune.train.model import build_model, liger_enabled, trainable_parameters
 
 from conftest import DEMO_CORPUS
 
@@ -223,8 +223,8 @@ def test_launch_command_for_two_gpus():
 
 _DISTRIBUTED_ENTRY = """
 import json, sys, polars as pl, torch
-from mixtune.train_config import TrainConfig
-from mixtune.train_loop import train
+from mixtune.train.config import TrainConfig
+from mixtune.train.loop import train
 model, data, out = sys.argv[1:4]
 frames = {name: pl.read_parquet(f"{data}/{name}.parquet") for name in ("med", "chat")}
 cfg = TrainConfig.model_validate_json(open(f"{data}/cfg.json").read())

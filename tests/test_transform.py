@@ -9,7 +9,7 @@ import pytest
 
 from mixtune.errors import DataError
 from mixtune.sections import SourceConfig
-from mixtune.transform import MESSAGES_DTYPE, REJECTS_SCHEMA, transform
+from mixtune.prepare.transform import MESSAGES_DTYPE, REJECTS_SCHEMA, transform
 from conftest import A, S, U  # chat turns: user, assistant, system
 
 

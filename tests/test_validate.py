@@ -5,10 +5,10 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from mixtune.sanitize import reserved_strings, special_tokens_of
+from mixtune.prepare.sanitize import reserved_strings, special_tokens_of
 from mixtune.sections import SanitizeConfig, ValidateConfig
-from mixtune.transform import MESSAGES_DTYPE, REJECTS_SCHEMA
-from mixtune.validate import reject_share_exceeded, validate
+from mixtune.prepare.transform import MESSAGES_DTYPE, REJECTS_SCHEMA
+from mixtune.prepare.validate import reject_share_exceeded, validate
 from conftest import A, S, U  # chat turns: user, assistant, system
 
 

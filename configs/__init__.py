@@ -1,0 +1,1 @@
+"""Run configs and category catalogs shipped with mixtune (see mixtune.resources)."""

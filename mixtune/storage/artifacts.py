@@ -1,0 +1,241 @@
+"""Artifact references, fingerprints and the storage they live in.
+
+Every stage writes one artifact: a folder under the storage root holding one
+folder of Parquet part files per table (``data``, ``rejects``, ``train`` ...)
+and a ``manifest.json`` written last, so a folder without a manifest is an
+interrupted write, never a result. The folder name is the artifact's
+fingerprint, itself a hash of the stage's inputs, parameters and code version:
+the same inputs always land in the same place.
+
+The root is a local folder or ``s3://bucket/prefix`` on any S3-compatible
+store through s3fs. Credentials come from the AWS environment or profile and
+are never written into a reference, a manifest or a log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import json
+import shutil
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Iterable
+
+import fsspec
+import polars as pl
+from fsspec.core import url_to_fs
+from pydantic import BaseModel, Field
+
+from mixtune.sections import StorageConfig
+
+MANIFEST = "manifest.json"
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable SHA-256 hex digest of JSON-able parts (dict order does not matter)."""
+    blob = json.dumps(parts, sort_keys=True, default=_jsonable, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, ArtifactRef):
+        return {"artifact": obj.fingerprint}  # an input is its content, not where it lives
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json", by_alias=True)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"cannot fingerprint {type(obj).__name__}")
+
+
+def code_version(*modules: ModuleType) -> str:
+    """Hash of the modules' source: an edit to the core stage code invalidates its cache."""
+    return fingerprint([inspect.getsource(m) for m in modules])[:16]
+
+
+class ArtifactRef(BaseModel):
+    """What one stage hands the next: where its output is and what it holds."""
+
+    stage: str
+    name: str = Field(description="the source or mix this artifact belongs to")
+    uri: str = Field(description="folder holding the tables and manifest.json")
+    fingerprint: str
+    tables: dict[str, int] = Field(default_factory=dict, description="table name -> rows")
+    rows_in: int = 0
+    rows_kept: int = 0
+    rows_rejected: int = 0
+
+
+def storage_options(cfg: StorageConfig, uri: str | None = None) -> dict[str, Any]:
+    """fsspec options for an s3:// URI (default: the root); no secrets, s3fs reads those itself."""
+    if not (uri or cfg.root).startswith("s3://"):
+        return {}
+    opts: dict[str, Any] = {}
+    client_kwargs: dict[str, Any] = {}
+    if cfg.endpoint_url:
+        client_kwargs["endpoint_url"] = cfg.endpoint_url
+    if cfg.region:
+        client_kwargs["region_name"] = cfg.region
+    if client_kwargs:
+        opts["client_kwargs"] = client_kwargs
+    if cfg.profile:
+        opts["profile"] = cfg.profile
+    return opts
+
+
+class ArtifactStore:
+    """Reads and writes artifacts under one storage root through fsspec."""
+
+    def __init__(self, cfg: StorageConfig) -> None:
+        self.cfg = cfg
+        self.fs, root = url_to_fs(cfg.root, **storage_options(cfg))
+        self.root = root.rstrip("/")
+        if self.is_local:
+            self.fs.makedirs(self.root, exist_ok=True)
+
+    def uri(self, *parts: str) -> str:
+        """Full URI (``s3://...`` or an absolute path) for a path under the root."""
+        path = "/".join([self.root, *parts])
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    @property
+    def is_local(self) -> bool:
+        protocol = self.fs.protocol
+        return "file" in (protocol if isinstance(protocol, (tuple, list)) else (protocol,))
+
+    def fs_path(self, uri: str) -> str:
+        """The filesystem path of a URI under this store (no protocol), as fsspec calls take it."""
+        return self.fs._strip_protocol(uri)
+
+    # --- raw files ---
+
+    def exists(self, uri: str) -> bool:
+        return self.fs.exists(self.fs_path(uri))
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        path = self.fs_path(uri)
+        if self.is_local:
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        with self.fs.open(path, "wb") as f:
+            f.write(data)
+
+    def read_bytes(self, uri: str) -> bytes:
+        with self.fs.open(self.fs_path(uri), "rb") as f:
+            return f.read()
+
+    def write_json(self, uri: str, obj: Any) -> None:
+        text = json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n"
+        self.write_bytes(uri, text.encode())
+
+    def read_json(self, uri: str) -> Any:
+        return json.loads(self.read_bytes(uri))
+
+    def put_dir(self, local_dir: str, uri: str) -> None:
+        """Upload a local folder (a model, a report) to a URI under the root."""
+        if self.is_local:
+            self.fs.makedirs(self.fs_path(uri), exist_ok=True)
+        self.fs.put(local_dir.rstrip("/") + "/", self.fs_path(uri).rstrip("/") + "/", recursive=True)
+
+    def get_dir(self, uri: str, local_dir: str) -> None:
+        self.fs.get(self.fs_path(uri).rstrip("/") + "/", local_dir.rstrip("/") + "/", recursive=True)
+
+    def fetch_dir(self, uri: str, local_dir: Path) -> Path:
+        """A local copy of a folder (HF loaders need local files), fetched once.
+
+        Copied into ``<name>.partial`` and renamed, so a reader (another
+        worker, a crashed run's successor) sees all of it or none.
+        """
+        if local_dir.is_dir():
+            return local_dir
+        partial = local_dir.with_name(local_dir.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        self.get_dir(uri, str(partial))
+        partial.rename(local_dir)
+        return local_dir
+
+    # --- tables ---
+
+    def write_table(self, artifact_uri: str, table: str, frame: pl.DataFrame) -> None:
+        buf = io.BytesIO()
+        # Statistics off and one row group: same frame, same bytes, on any store.
+        frame.write_parquet(buf, statistics=False, row_group_size=max(frame.height, 1))
+        self.write_bytes(f"{artifact_uri}/{table}/part-00000.parquet", buf.getvalue())
+
+    def read_table(self, ref: ArtifactRef | str, table: str = "data") -> pl.DataFrame:
+        artifact_uri = ref.uri if isinstance(ref, ArtifactRef) else ref
+        parts = sorted(self.fs.glob(self.fs_path(f"{artifact_uri}/{table}/*.parquet")))
+        if not parts:
+            raise FileNotFoundError(f"{artifact_uri}: no table {table!r}")
+        frames = []
+        for part in parts:
+            with self.fs.open(part, "rb") as f:
+                frames.append(pl.read_parquet(f))
+        return pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
+
+    # --- whole artifacts ---
+
+    def artifact_uri(self, stage: str, name: str, key: str) -> str:
+        return self.uri(stage, f"{name}-{key[:16]}")
+
+    def find(self, stage: str, name: str, key: str) -> ArtifactRef | None:
+        """The complete artifact for this key, if an earlier run wrote one."""
+        uri = self.artifact_uri(stage, name, key)
+        manifest_uri = f"{uri}/{MANIFEST}"
+        if not self.exists(manifest_uri):
+            return None
+        return ArtifactRef.model_validate(self.read_json(manifest_uri)["ref"])
+
+    def commit(
+        self,
+        *,
+        stage: str,
+        name: str,
+        key: str,
+        tables: dict[str, pl.DataFrame],
+        parents: Iterable[ArtifactRef] = (),
+        parameters: Any = None,
+        rows_in: int,
+        rows_kept: int,
+        rows_rejected: int = 0,
+        extra: dict[str, Any] | None = None,
+    ) -> ArtifactRef:
+        """Write every table, then manifest.json; counts must reconcile."""
+        if rows_in != rows_kept + rows_rejected:
+            raise ValueError(
+                f"{stage}/{name}: counts do not reconcile: in {rows_in} != "
+                f"kept {rows_kept} + rejected {rows_rejected}"
+            )
+        uri = self.artifact_uri(stage, name, key)
+        for table, frame in tables.items():
+            self.write_table(uri, table, frame)
+        ref = ArtifactRef(
+            stage=stage, name=name, uri=uri, fingerprint=key,
+            tables={t: f.height for t, f in tables.items()},
+            rows_in=rows_in, rows_kept=rows_kept, rows_rejected=rows_rejected,
+        )
+        manifest = {
+            "ref": ref.model_dump(mode="json"),
+            "stage": stage,
+            "name": name,
+            "fingerprint": key,
+            "parents": [
+                {"stage": p.stage, "name": p.name, "uri": p.uri, "fingerprint": p.fingerprint}
+                for p in parents
+            ],
+            "parameters": parameters,
+            "counts": {"rows_in": rows_in, "rows_kept": rows_kept, "rows_rejected": rows_rejected},
+            "schema": {t: {c: str(d) for c, d in f.schema.items()} for t, f in tables.items()},
+            **(extra or {}),
+        }
+        self.write_json(f"{uri}/{MANIFEST}", manifest)
+        return ref
+
+    def manifest(self, ref: ArtifactRef) -> dict[str, Any]:
+        return self.read_json(f"{ref.uri}/{MANIFEST}")
+
+
+def open_uri(uri: str, mode: str = "rb", storage: StorageConfig | None = None):
+    """Open any fsspec URI; s3:// uses the storage section's endpoint and region."""
+    return fsspec.open(uri, mode, **(storage_options(storage, uri) if storage else {}))
