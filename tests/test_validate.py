@@ -48,6 +48,29 @@ def test_clean_rows_are_kept_with_chat_template_token_counts(tiny_tokenizer, res
     assert result.frame["num_tokens"].to_list() == [_token_count(tiny_tokenizer, c) for c in conversations]
 
 
+def test_token_counts_match_the_chat_template_in_input_order_across_chunks(tiny_tokenizer, reserved):
+    # More rows than one counting chunk, of varied length and script, so counts come back from
+    # several threads and any reordering or off-by-one shows.
+    words = ["anemia", "Dose:", "5 mg", "  twice", "\n\nDaily", "ß", "日本", "1234567", "x" * 30]
+    conversations = [[U(" ".join(words[: 1 + i % len(words)])), A(" ".join(words[i % 7:] * (1 + i % 5)) + str(i))]
+                     for i in range(2500)]
+    result = _check(conversations, tiny_tokenizer, reserved, max_length=100_000)
+    assert result.frame["num_tokens"].to_list() == [_token_count(tiny_tokenizer, c) for c in conversations]
+
+
+def test_token_counts_ignore_truncation_and_padding_left_on_the_tokenizer(tiny_model_dir, reserved):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    conversations = [[U("What causes anemia?"), A("Low iron, blood loss or chronic disease. " * 5)]] * 2
+    expected = [_token_count(tokenizer, c) for c in conversations]
+    tokenizer.backend_tokenizer.enable_truncation(max_length=8)
+    tokenizer.backend_tokenizer.enable_padding(length=200)
+    result = _check(conversations, tokenizer, reserved, drop_duplicates=False)
+    assert result.frame["num_tokens"].to_list() == expected
+    assert tokenizer.backend_tokenizer.truncation["max_length"] == 8  # the caller's state is left alone
+
+
 def test_missing_messages_column_is_bad_schema_for_every_row(tiny_tokenizer, reserved):
     frame = _frame([[U("q"), A("a")]] * 3).drop("messages").with_columns(question=pl.lit("q"))
     result = validate(frame, ValidateConfig(), tiny_tokenizer, reserved)

@@ -27,7 +27,9 @@ in input order.
 
 from __future__ import annotations
 
-from collections import Counter
+import os
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -42,9 +44,12 @@ _ROLE_CODES = {"system": "s", "user": "u", "assistant": "a"}
 _ROLE_ORDER = r"^s?(ua)+$"
 # Re-cut attempts when the cut answer tokenizes differently inside the template.
 _MAX_TRUNCATE_TRIES = 4
-# Conversations rendered and tokenized per batched call: big enough that per-call overhead
-# vanishes, small enough that the token id lists (~0.5 M Python ints here) stay small.
+# Conversations rendered and counted per batched call: big enough that per-call overhead
+# vanishes, small enough that a chunk's encodings stay small and every core gets chunks.
 _TOKENIZE_BATCH_ROWS = 1024
+# Rendered chunks waiting for a counting thread, per thread: bounds the rendered text held at
+# once (rendering runs ~10x faster than tokenizing and would otherwise hold all of it).
+_CHUNKS_IN_FLIGHT_PER_THREAD = 2
 _POS = "__validate_pos"  # input position, so rejects from every check merge back in input order
 _ROW, _TURN, _FOUND, _CUT = "__validate_row", "__validate_turn", "__validate_found", "__validate_cut"
 
@@ -195,22 +200,68 @@ def _render(tokenizer, conversations: list[list[dict]]) -> list[str]:
     return tokenizer.apply_chat_template(conversations, tokenize=False)
 
 
-def _token_counts(tokenizer, texts: list[str]) -> list[int]:
-    """Tokens per text in one batched fast-tokenizer call; the template already holds any BOS."""
-    if not texts:
-        return []
+def _slow_token_counts(tokenizer, texts: list[str]) -> list[int]:
+    """Tokens per text through the tokenizer's own call, for a tokenizer with no Rust backend."""
     # verbose=False: counting a too-long row is the point here, not an "indexing error" to warn of.
     encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
                         return_token_type_ids=False, verbose=False)
     return [len(ids) for ids in encoded["input_ids"]]
 
 
+def _counting_backend(tokenizer):
+    """The Rust ``tokenizers.Tokenizer`` to count with, or None for a slow (Python) tokenizer.
+
+    A private copy when the shared one carries truncation or padding state: both would change
+    the count, and the transformers wrapper only clears them inside its own calls."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is not None and (backend.truncation is not None or backend.padding is not None):
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(backend.to_str())
+        backend.no_truncation()
+        backend.no_padding()
+    return backend
+
+
+def _counting_threads() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _conversation_tokens(tokenizer, conversations: list[list[dict]]) -> list[int]:
-    """Chat-template tokens per conversation: batched renders and batched tokenizer calls."""
+    """Chat-template tokens per conversation, in input order, on every core.
+
+    Chunks are rendered with the tokenizer's own chat template (Python, under the GIL) and
+    counted by the Rust tokenizer in a thread pool: ``encode_batch_fast`` (ids without
+    offsets; the same ids as the transformers call) releases the GIL, so counting runs on all
+    cores while the next chunk renders. Threads rather than ``TOKENIZERS_PARALLELISM``: that
+    switch is process-wide and the Rust thread pool it starts makes a later fork (Prefect,
+    datasets) turn parallelism off with a warning; these threads end before this returns.
+    The template already holds any BOS, so no special tokens are added."""
+    threads = _counting_threads()
+    # A few thousand rows still spread over every core.
+    chunk_rows = max(1, min(_TOKENIZE_BATCH_ROWS, -(-len(conversations) // threads)))
+    chunks = [conversations[start:start + chunk_rows] for start in range(0, len(conversations), chunk_rows)]
+    backend = _counting_backend(tokenizer)
+    if backend is None:
+        return [n for chunk in chunks for n in _slow_token_counts(tokenizer, _render(tokenizer, chunk))]
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+
+    def count(texts: list[str]) -> list[int]:
+        return [len(encoding) for encoding in encode(texts, add_special_tokens=False)]
+
+    threads = min(threads, len(chunks))
+    if threads <= 1:
+        return [n for chunk in chunks for n in count(_render(tokenizer, chunk))]
     counts: list[int] = []
-    for start in range(0, len(conversations), _TOKENIZE_BATCH_ROWS):
-        batch = conversations[start:start + _TOKENIZE_BATCH_ROWS]
-        counts += _token_counts(tokenizer, _render(tokenizer, batch))
+    with ThreadPoolExecutor(threads, thread_name_prefix="validate-count") as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            if len(pending) >= threads * _CHUNKS_IN_FLIGHT_PER_THREAD:
+                counts += pending.popleft().result()
+            pending.append(pool.submit(count, _render(tokenizer, chunk)))
+        while pending:
+            counts += pending.popleft().result()
     return counts
 
 
