@@ -20,6 +20,7 @@ from mixtune.eval.config import EvalConfig
 from mixtune.train.config import TrainConfig
 from mixtune.mix.spec import CategoryCatalog, MixSpec, resolve_catalog
 from mixtune.sections import (  # noqa: F401  (re-exported: one import for users)
+    CREDENTIALS_IN_URI,
     TINY_MODEL,
     DataConfig,
     ModelConfig,
@@ -72,7 +73,9 @@ def _format_problem(err: dict[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         return f"{path}: unknown key"
     got = err.get("input")
-    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    # A refused URI may hold a password: its message shows it redacted, never as given.
+    hidden = isinstance(got, (dict, list)) or got is None or err["type"] == CREDENTIALS_IN_URI
+    shown = "" if hidden else f" (got {got!r})"
     return f"{path or '<root>'}: {err['msg']}{shown}"
 
 

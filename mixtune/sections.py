@@ -12,7 +12,10 @@ import re
 from collections import Counter
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from urllib.parse import parse_qsl, urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 TINY_MODEL = "mixtune:tiny"  # model.name_or_path that builds a random tiny model for unit tests
 DEFAULT_MODEL = "smollm2-135m-instruct"  # built-in: a GGUF file installed from PyPI (mixtune.models.gguf)
@@ -24,9 +27,105 @@ def repeated(names: list[str]) -> list[str]:
 
 
 class StrictModel(BaseModel):
-    """Base for every section: unknown keys fail instead of being ignored."""
+    """Base for every section: unknown keys fail instead of being ignored.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    Pydantic's own error text leaves the input out (``hide_input_in_errors``): a
+    refused URI may hold a password, and tracebacks end up in logs.
+    ``mixtune.config`` shows the input itself where it is safe.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
+
+
+# --- URIs never carry credentials ---
+#
+# Every field holding a URI (data and catalog sources, storage root and endpoint, tracking URI,
+# judge endpoint) is copied into artifacts: `_source_file` in every row, manifests, Prefect's
+# flow parameters, MLflow params. So a URI with a password or a signed query is refused at
+# load, and the error says where the credential goes instead.
+
+CREDENTIALS_IN_URI = "credentials_in_uri"  # the pydantic error type; mixtune.config never echoes its input
+# Query parameter names that carry a credential: AWS/GCS presigned URLs, Azure SAS, OAuth, API keys.
+_SECRET_PARAMS = {"sig", "signature", "token", "access_token", "id_token", "refresh_token", "auth",
+                  "authorization", "key", "apikey", "api_key", "api-key", "password", "passwd", "pwd",
+                  "secret", "client_secret", "awsaccesskeyid", "x-amz-credential",
+                  "x-amz-signature", "x-amz-security-token", "x-goog-credential", "x-goog-signature"}
+_SECRET_PARAM_PARTS = ("token", "secret", "passw", "signature", "credential", "apikey", "api_key", "api-key")
+# Databases take a user name in the URI and the password from their own files (PGPASSWORD, .pgpass).
+_DATABASE_SCHEMES = ("postgresql", "postgres", "mysql", "mariadb", "mssql", "oracle")
+WHERE_CREDENTIALS_GO = {
+    "s3": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment, or an AWS profile (storage.profile)",
+    "http": "a ~/.netrc entry for the host (or the file the NETRC environment variable names); for a "
+            "presigned S3 URL, its s3:// URI with AWS keys in the environment",
+    "hf": "the HF_TOKEN environment variable (or `hf auth login`)",
+    "tracking": "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) for an "
+                "MLflow server; PGPASSWORD or ~/.pgpass for a database",
+    "judge": "the environment variable named by eval.judge.api_key_env",
+}
+
+
+def _secret_param(name: str) -> bool:
+    name = name.strip().lower()
+    return name in _SECRET_PARAMS or any(part in name for part in _SECRET_PARAM_PARTS)
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any password or user name and secret query values replaced by ``***``."""
+    parts = urlsplit(uri)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        netloc = ("***:***" if ":" in userinfo else "***") + "@" + host
+    query = "&".join(f"{k}=***" if _secret_param(k) else f"{k}={v}"
+                     for k, v in parse_qsl(parts.query, keep_blank_values=True))
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
+def uri_credentials_problem(uri: str) -> str | None:
+    """Why ``uri`` holds a credential (a password, a token as user name, a signed query), or None."""
+    if "://" not in uri:
+        return None  # a local path; '@' and '?' are ordinary characters there
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower().split("+", 1)[0]
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rsplit("@", 1)[0]
+        if ":" in userinfo:
+            return "it holds a password (user:password@host)"
+        if scheme not in _DATABASE_SCHEMES:
+            return "it holds a user name, which is how tokens are often passed (token@host)"
+    secret = sorted({k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if _secret_param(k)})
+    if secret:
+        return f"its query holds {', '.join(secret)}, which carry credentials (a signed or keyed URL)"
+    return None
+
+
+def where_credentials_go(uri: str, kind: str | None = None) -> str:
+    """Where a credential for ``uri`` belongs; ``kind`` (a ``WHERE_CREDENTIALS_GO`` key) or by scheme."""
+    scheme = urlsplit(uri).scheme.lower()
+    return WHERE_CREDENTIALS_GO[kind or {"s3": "s3", "hf": "hf"}.get(scheme, "http")]
+
+
+def _credential_free(kind: str | None):
+    """A validator refusing a URI with credentials; ``kind`` names where they go (None: by scheme)."""
+
+    def check(uri: str | None) -> str | None:
+        why = None if uri is None else uri_credentials_problem(uri)
+        if why is None:
+            return uri
+        raise PydanticCustomError(
+            CREDENTIALS_IN_URI,
+            "{uri}: {why}. A URI is copied into manifests, every row's _source_file, Prefect parameters "
+            "and MLflow, so it never carries credentials; put them in {where}",
+            {"uri": redact_uri(uri), "why": why, "where": where_credentials_go(uri, kind)},
+        )
+
+    return AfterValidator(check)
+
+
+SourceUri = Annotated[str, _credential_free(None)]
+StorageUri = Annotated[str, _credential_free("s3")]
+TrackingUri = Annotated[str, _credential_free("tracking")]
+JudgeUri = Annotated[str, _credential_free("judge")]
 
 
 # --- data: where domain rows come from and how columns become chat messages ---
@@ -77,7 +176,8 @@ class SourceConfig(StrictModel):
     """One dataset: a file or folder URI, or a Hugging Face dataset id."""
 
     name: str = Field(description="short slug; names artifacts and the source in the mix")
-    uri: str = Field(description="local path, s3://..., https://..., or hf://<dataset id>")
+    uri: SourceUri = Field(description="local path, s3://..., https://..., or hf://<dataset id>; "
+                           "no credentials (see WHERE_CREDENTIALS_GO)")
     format: FileFormat = "auto"
     revision: str | None = Field(None, description="HF dataset revision (commit SHA or tag)")
     config_name: str | None = Field(None, description="HF dataset config (subset)")
@@ -224,14 +324,14 @@ class ModelConfig(StrictModel):
 class StorageConfig(StrictModel):
     """Where artifacts live. Credentials come from the AWS environment or profile, never from here."""
 
-    root: str = Field(".mixtune/store", description="local folder or s3://bucket/prefix")
-    endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. MinIO")
+    root: StorageUri = Field(".mixtune/store", description="local folder or s3://bucket/prefix")
+    endpoint_url: StorageUri | None = Field(None, description="S3-compatible endpoint, e.g. MinIO")
     region: str | None = None
     profile: str | None = Field(None, description="AWS profile name (not a key)")
 
 
 class TrackingConfig(StrictModel):
-    mlflow_tracking_uri: str | None = Field(
-        None, description="default: sqlite file beside the storage root (local roots only)"
+    mlflow_tracking_uri: TrackingUri | None = Field(
+        None, description="default: sqlite file beside the storage root (local roots only); no credentials"
     )
     experiment: str = "mixtune"

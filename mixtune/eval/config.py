@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mixtune.sections import StrictModel, repeated
+from mixtune.sections import JudgeUri, StrictModel, repeated
 
 DomainMetric = Literal["exact_match", "token_f1", "rouge_l"]
 DomainScoreName = Literal["exact_match", "token_f1", "rouge_l", "accuracy", "macro_f1", "judge_score"]
@@ -43,7 +43,8 @@ class JudgeConfig(StrictModel):
     """
 
     enabled: bool = False
-    base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1 (…/chat/completions is appended)")
+    base_url: JudgeUri | None = Field(
+        None, description="e.g. http://127.0.0.1:8000/v1 (…/chat/completions is appended); no credentials")
     model: str | None = Field(None, description="model name the endpoint serves")
     api_key_env: str | None = Field(
         None, description="NAME of the environment variable holding the API key; null = no auth header"

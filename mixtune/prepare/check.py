@@ -56,6 +56,9 @@ from mixtune.sections import (
     SourceConfig,
     StorageConfig,
     ValidateConfig,
+    redact_uri,
+    uri_credentials_problem,
+    where_credentials_go,
 )
 from mixtune.prepare.transform import LINEAGE_COLUMNS, REJECTS_SCHEMA, empty_rejects, transform
 from mixtune.prepare.validate import validate
@@ -124,6 +127,9 @@ def source_for(file: str, columns: str | None = None, kind: str | None = None) -
         mapping = _MAPPINGS[kind](**values)
     # Absolute, as download names the rows' files, so every message names the file one way.
     uri = file if "://" in file or file.startswith("hf:") else os.path.abspath(os.path.expanduser(file))
+    if (why := uri_credentials_problem(uri)) is not None:  # refused before anything reads or prints it
+        raise MixtuneError(f"{redact_uri(uri)}: {why}; credentials go in {where_credentials_go(uri)}, "
+                           "never in the URI")
     return SourceConfig(name=SOURCE_NAME, uri=uri, columns=mapping)
 
 

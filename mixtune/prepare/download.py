@@ -98,6 +98,10 @@ def _list_files(source: SourceConfig, storage: StorageConfig | None
                 ) -> tuple[AbstractFileSystem, list[str]]:
     """The source's files in a stable order: one file, a folder's data files, or a glob."""
     options = storage_options(storage, source.uri) if storage else {}
+    if source.uri.startswith(("http://", "https://")):
+        # Credentials never sit in the URI (sections.WHERE_CREDENTIALS_GO): with trust_env, aiohttp
+        # takes them from ~/.netrc (or $NETRC) for the host, and proxies from the environment.
+        options = {"client_kwargs": {"trust_env": True}}
     fs, path = url_to_fs(source.uri, **options)
     # fsspec reuses filesystem instances and their listings; a long-lived
     # worker must see files written since its last look.
