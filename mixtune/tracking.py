@@ -9,7 +9,9 @@ anything that looks like one.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import posixpath
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,6 +85,8 @@ def mlflow_run(
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     client_uri = tracking_uri(tracking, storage)
+    if client_uri.startswith("sqlite:///"):  # sqlite creates the file, never its folder
+        Path(client_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(client_uri)
     if storage.endpoint_url and storage.root.startswith("s3://"):
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", storage.endpoint_url)
@@ -95,13 +99,56 @@ def mlflow_run(
         yield run
 
 
+# MLflow's rule for param and metric keys (mlflow.utils.validation): these characters only (no ':'
+# so keys also work on Windows), at most 250 of them, and unchanged by posixpath.normpath.
+_PARAM_KEY_CHARS = re.compile(r"[^\w.\- /]")
+_MAX_PARAM_KEY_CHARS = 250
+
+
+def _valid_param_key(key: str) -> bool:
+    return (not _PARAM_KEY_CHARS.search(key) and len(key) <= _MAX_PARAM_KEY_CHARS
+            and posixpath.normpath(key) == key and not key.startswith(("/", "..")) and key != ".")
+
+
+def param_keys(keys: list[str]) -> dict[str, str]:
+    """Config key -> an MLflow param key for it: the key itself when MLflow takes it.
+
+    A name the config accepts but MLflow does not (``mix.weights.code (python)``:
+    parentheses; a 300-character key) gets its other characters replaced by
+    ``_`` and, when that is not enough to make it valid and unique, a short hash
+    of the original key appended; ``log_config`` logs this mapping beside the params.
+    """
+    mapped: dict[str, str] = {}
+    taken = {k for k in keys if _valid_param_key(k)}
+    for key in keys:
+        if key in taken:
+            mapped[key] = key
+            continue
+        # '/' too: a mapped key is never read as a path.
+        safe = re.sub(r"[^\w.\- ]", "_", key)
+        if safe in taken or not _valid_param_key(safe):
+            digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+            safe = f"{safe[:_MAX_PARAM_KEY_CHARS - 9]}-{digest}"
+        taken.add(safe)
+        mapped[key] = safe
+    return mapped
+
+
 def log_config(mlflow: Any, config_dump: dict[str, Any]) -> None:
-    """The resolved config as params (flattened, redacted) and as one JSON artifact."""
+    """The resolved config as params (flattened, redacted) and as one JSON artifact.
+
+    Whatever ``config check`` accepts is logged: keys MLflow cannot take are
+    renamed (``param_keys``) and the renaming is kept in ``config/param_keys.json``.
+    """
     params = redact(flatten(config_dump))
-    items = sorted(params.items())
+    keys = param_keys(sorted(params))
+    renamed = {keys[k]: k for k in sorted(params) if keys[k] != k}
+    items = sorted((keys[k], v) for k, v in params.items())
     for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
         mlflow.log_params(dict(items[start:start + 100]))
     mlflow.log_dict(config_dump, "config/resolved_config.json")
+    if renamed:
+        mlflow.log_dict(renamed, "config/param_keys.json")  # MLflow key -> config key
 
 
 def log_realized_mix(mlflow, manifest: ArtifactRef, storage: StorageConfig) -> None:

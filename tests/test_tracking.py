@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mixtune.sections import StorageConfig, TrackingConfig
-from mixtune.tracking import flatten, log_config, mlflow_run, redact, tracking_uri
+from mixtune.tracking import flatten, log_config, mlflow_run, param_keys, redact, tracking_uri
 from mlflow_server import running_mlflow_server
 
 
@@ -51,3 +51,42 @@ def test_parent_and_child_runs_on_a_real_server(mlflow_url, tmp_path, monkeypatc
     assert "never-log-this" not in str(parent_run.data.params)
     files = [f.path for f in client.list_artifacts(parent.info.run_id, "config")]
     assert files == ["config/resolved_config.json"]
+
+
+def test_config_check_accepts_it_so_logging_does(tmp_path):
+    """The reported config: a zero-weight category named "code (python)" passed config check, then the run
+    died on MlflowException 'Invalid value "mix.weights.code (python)"'. Logged to a real sqlite store."""
+    import json
+
+    import mlflow
+    import yaml
+
+    from mixtune.config import load_config
+    from mixtune.resources import config_file
+
+    raw = {"data": {"sources": [{"name": "d", "uri": "d.jsonl"}]}, "catalog": str(config_file("catalog-offline.yaml")),
+           "mix": {"domain_percent": 75, "weights": {"math": 1, "code (python)": 0}},
+           "storage": {"root": str(tmp_path / "store")}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_config(tmp_path / "run.yaml")  # what `mixtune config check` runs
+    tracking = TrackingConfig(mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t-keys")
+    with mlflow_run(tracking, cfg.storage, "keys") as run:
+        log_config(mlflow, cfg.dump())
+    client = mlflow.MlflowClient(tracking.mlflow_tracking_uri)
+    params = client.get_run(run.info.run_id).data.params
+    renamed = json.loads(open(client.download_artifacts(run.info.run_id, "config/param_keys.json",
+                                                        str(tmp_path))).read())
+    assert renamed == {param_keys(["mix.weights.code (python)"])["mix.weights.code (python)"]:
+                       "mix.weights.code (python)"}
+    (mlflow_key,) = renamed
+    assert params[mlflow_key] == "0.0" and params["mix.weights.math"] == "1.0"
+    assert len(params) == len(flatten(cfg.dump()))
+
+
+def test_param_keys_are_valid_unique_and_stable():
+    keys = ["mix.weights.code (python)", "mix.weights.code _python_", "x" * 300, "a/./b", "mix.seed"]
+    mapped = param_keys(keys)
+    assert mapped["mix.seed"] == "mix.seed" and mapped["mix.weights.code _python_"] == "mix.weights.code _python_"
+    assert len(set(mapped.values())) == len(keys)
+    assert all(len(v) <= 250 and "(" not in v and "/" not in v for v in mapped.values())
+    assert param_keys(keys) == mapped
