@@ -72,3 +72,20 @@ def A(content: str) -> dict:
 
 def S(content: str) -> dict:
     return {"role": "system", "content": content}
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    """SmolLM2-135M-Instruct (the default model), converted from its GGUF once and kept in
+    .mixtune/test-store across sessions: the conversion takes ~30 s, loading the folder ~1 s."""
+    from mixtune.models import model_path
+    from mixtune.sections import ModelConfig, StorageConfig
+
+    return Path(model_path(ModelConfig(), StorageConfig(root=str(REPO / ".mixtune" / "test-store"))))
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer(real_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(real_model_dir)

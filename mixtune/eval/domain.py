@@ -30,6 +30,7 @@ import polars as pl
 
 from mixtune.errors import DataError
 from mixtune.eval.config import DomainEvalConfig
+from mixtune.models import end_of_turn_ids
 
 LINEAGE = ["_row_id", "_source_file", "_source_row"]
 NO_LABEL = "<no label>"  # a prediction that names no label of the set: always wrong
@@ -222,9 +223,10 @@ def generate_answers(model, tokenizer, prompts: list[list[dict[str, str]]], *, m
     order = sorted(range(len(rendered)), key=lambda i: len(rendered[i]))
     answers: list[str] = [""] * len(rendered)
     device = next(model.parameters()).device
-    # Stop at the tokenizer's end of turn too: chat models often end a turn on a token other than config eos.
+    # Stop where training taught the model to stop: the chat template's end-of-turn marker, the
+    # tokenizer's eos and the generation config's eos (chat models often differ between them).
     configured_eos = model.generation_config.eos_token_id
-    stop_ids = {tokenizer.eos_token_id, *(configured_eos if isinstance(configured_eos, list) else [configured_eos])}
+    stop_ids = {*end_of_turn_ids(tokenizer), *(configured_eos if isinstance(configured_eos, list) else [configured_eos])}
     stop_ids.discard(None)
     for start in range(0, len(order), batch_size):
         batch_ids = order[start:start + batch_size]

@@ -91,3 +91,23 @@ def _file_key(path: Path) -> str:
 def load_tokenizer(model: ModelConfig, storage: StorageConfig):
     """The configured model's tokenizer (a ``PreTrainedTokenizerBase``)."""
     return _load_tokenizer(model_path(model, storage), model)
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """Token ids that end an assistant turn: the chat template's end-of-turn marker and the eos.
+
+    The marker is found by rendering a one-turn chat with the model's own
+    template and reading the first token after the reply (``<|im_end|>`` for
+    ChatML, ``<|eot_id|>`` for Llama 3), so generation stops where training
+    taught the model to stop even when the tokenizer's eos is another token.
+    """
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if getattr(tokenizer, "chat_template", None):
+        reply = "mixtune-reply-marker"
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": reply}], tokenize=False)
+        after = text[text.rfind(reply) + len(reply):]
+        following = tokenizer(after, add_special_tokens=False)["input_ids"] if after.strip() else []
+        if following and following[0] in set(tokenizer.all_special_ids):
+            ids.append(following[0])
+    return sorted(set(ids))
