@@ -9,7 +9,7 @@ import pytest
 
 from mixtune.errors import DataError
 from mixtune.sections import SourceConfig
-from mixtune.prepare.transform import MESSAGES_DTYPE, REJECTS_SCHEMA, transform
+from mixtune.prepare.transform import MESSAGES_DTYPE, REJECTS_SCHEMA, WEIGHTED_MESSAGES_DTYPE, transform
 from conftest import A, S, U  # chat turns: user, assistant, system
 
 
@@ -64,14 +64,26 @@ def test_system_column_per_row_and_blank_means_no_system_turn():
     assert result.rejects.height == 0
 
 
-def test_messages_column_multi_turn_keeps_system_turns_in_place_and_drops_extra_keys():
-    conversation = [{"role": "user", "content": "hi", "name": "ann"}, A("hello"),
-                    S("switch to French"), U("bonjour?"), A("oui")]
+def test_messages_column_multi_turn_keeps_system_turns_in_place():
+    conversation = [U("hi"), A("hello"), S("switch to French"), U("bonjour?"), A("oui")]
     frame = _frame(messages=[conversation])
     result = transform(frame, _source(columns={"kind": "messages"}))
     assert result.frame.schema["messages"] == MESSAGES_DTYPE
-    assert result.frame["messages"].to_list() == [[U("hi"), A("hello"), S("switch to French"),
-                                                   U("bonjour?"), A("oui")]]
+    assert result.frame["messages"].to_list() == [conversation]
+
+
+def test_turn_key_mixtune_does_not_train_on_rejects_the_row_naming_the_key():
+    # A null key is as good as absent; a name or tool call would change what the model sees.
+    named = pl.List(pl.Struct({"role": pl.String, "content": pl.String, "name": pl.String}))
+    frame = _frame(messages=pl.Series([[{"role": "user", "content": "hi", "name": None}, A("hello")],
+                                       [{"role": "user", "content": "hi", "name": "ann"}, A("hello")]],
+                                      dtype=named))
+    result = transform(frame, _source(columns={"kind": "messages"}))
+    assert result.frame["_row_id"].to_list() == [0]
+    assert result.frame["messages"].to_list() == [[U("hi"), A("hello")]]
+    assert result.rejects.select("_row_id", "field", "reason").rows() == [
+        (1, "messages[0].name", "unknown_message_key")]
+    assert result.rejects["detail"][0].startswith("turn 0 (user) has key 'name' \"ann\"; ")
 
 
 def test_messages_as_json_strings_parse_and_renamed_column_is_replaced():
@@ -79,9 +91,12 @@ def test_messages_as_json_strings_parse_and_renamed_column_is_replaced():
     frame = _frame(conv=[json.dumps(conversation), json.dumps([U("q2"), A("a2")])])
     result = transform(frame, _source(columns={"kind": "messages", "messages": "conv"},
                                       system_prompt="Default."))
-    # a row with its own system turn keeps it; others get the configured one
-    assert result.frame["messages"].to_list() == [[S("own"), U("q"), A("a")],
-                                                  [S("Default."), U("q2"), A("a2")]]
+    # a row with its own system turn keeps it; others get the configured one. A source whose
+    # turns carry a weight keeps it on every turn (null: the default, trained when assistant).
+    assert result.frame.schema["messages"] == WEIGHTED_MESSAGES_DTYPE
+    assert result.frame["messages"].to_list() == [
+        [{**S("own"), "weight": None}, {**U("q"), "weight": None}, {**A("a"), "weight": 1}],
+        [{**S("Default."), "weight": None}, {**U("q2"), "weight": None}, {**A("a2"), "weight": None}]]
     assert "conv" not in result.frame.columns
 
 

@@ -1,8 +1,9 @@
 """Transform: map a source's columns to Hugging Face chat ``messages``.
 
 Input: the sanitized frame of one source. Output: the same rows (minus
-rejects) with a ``messages`` column, List(Struct{role: Utf8, content: Utf8}),
-and every other column kept (stratify and group columns are needed by split;
+rejects) with a ``messages`` column, List(Struct{role: Utf8, content: Utf8})
+plus ``weight: Int8`` when the source's turns carry weights, and every other
+column kept (stratify and group columns are needed by split;
 the lineage columns by everything after). The only column dropped is a
 mapped messages column not named ``messages``, which ``messages`` replaces.
 
@@ -14,18 +15,35 @@ Mapping kinds (``SourceConfig.columns``):
 - ``label``: user = optional constant instruction + ``"\\n\\n"`` + text,
   assistant = the label as text;
 - ``messages``: an OpenAI-style column, a list of {role, content} structs or a
-  JSON string of one; turns kept in order (system turns stay where they are),
-  other keys on a turn dropped.
+  JSON string of one; turns kept in order (system turns stay where they are).
+  A turn holds ``role``, ``content`` and optionally ``weight`` (OpenAI chat
+  fine-tuning format: 0 shows an assistant turn as context without training
+  on it, 1 or no weight trains on it). Other keys (``name``, ``tool_calls``
+  ...) change what a model would see and mixtune does not render them, so a
+  turn carrying one with a non-null value rejects its row
+  (``unknown_message_key``) rather than being dropped silently.
+
+Text is what the file says. A mapped text column may hold text, or values
+with one exact written form (integers, decimals, booleans: ``2``, ``19.90``,
+``true``); a column of binary floats (``Float64``) or of any other type fails
+the file, since ``19.90`` stored as a float reads back as ``19.9``. (JSON,
+CSV and TSV files already arrive as text, numbers as written; see
+``mixtune.prepare.formats``.) A turn's content must be text.
 
 A system turn from ``system_prompt`` (constant) or ``system_column`` (per
 row; null or blank gives none) goes first. A messages row that already opens
 with its own system turn keeps it and gets no second one.
 
-Faults: a mapped column missing from the frame fails the whole file
-(``DataError`` naming the file, the column and the columns present). A null
-in a mapped column (``missing_value``) or a messages value that is not a list
-of turns with a text role (``bad_messages``) rejects just that row. Empty
-text is not judged here: validate rejects it as ``empty_content``.
+Faults: a mapped column missing from the frame, or of a type without exact
+text, fails the whole file (``DataError`` naming the file, the column and the
+columns present). These reject just their row: a null in a mapped column
+(``missing_value``); a messages value that is not a list of turns with a text
+role (``bad_messages``); a turn whose content is not text (``not_a_string``,
+field ``<column>[i].content``); a weight other than 0 or 1 on an assistant
+turn, or any weight on another turn (``invalid_weight``, field
+``<column>[i].weight``); a turn key other than role, content and weight
+(``unknown_message_key``, field ``<column>[i].<key>``). Empty text is not
+judged here: validate rejects it as ``empty_content``.
 Invariant: rows in = rows kept + rows rejected.
 """
 
@@ -47,6 +65,11 @@ from mixtune.sections import (
 
 LINEAGE_COLUMNS = ["_row_id", "_source_file", "_source_row"]
 MESSAGES_DTYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+WEIGHTED_MESSAGES_DTYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String, "weight": pl.Int8}))
+MESSAGE_KEYS = ("role", "content", "weight")  # what a turn may hold; see the module docstring
+# Row faults of a messages column, in the order a row's first fault is chosen.
+MESSAGES_REASONS = ("missing_value", "bad_messages", "not_a_string", "invalid_weight",
+                    "unknown_message_key")
 REJECTS_SCHEMA = {
     "_row_id": pl.Int64,
     "_source_file": pl.String,
@@ -140,6 +163,12 @@ def _check_columns_present(frame: pl.DataFrame, source: SourceConfig, required: 
                 raise DataError(_files_of(frame, source),
                                 f"column {column!r} ({key_path}) holds {dtype}, expected text",
                                 field=column)
+            if key_path != "columns.messages" and not _has_exact_text(dtype):
+                raise DataError(
+                    _files_of(frame, source),
+                    f"column {column!r} ({key_path}) holds {dtype} values, which have no exact "
+                    "text to train on (a float stores 19.90 as 19.9); store the column as text "
+                    "(string) in the file", field=column)
             continue
         hint = " (set columns.input: null if the data has no input column)" if key_path == "columns.input" else ""
         raise DataError(
@@ -150,12 +179,21 @@ def _check_columns_present(frame: pl.DataFrame, source: SourceConfig, required: 
         )
 
 
+def _has_exact_text(dtype: pl.DataType) -> bool:
+    """Types whose values cast to text exactly as a file would write them."""
+    return (dtype in (pl.String, pl.Null, pl.Boolean) or dtype.is_integer()
+            or isinstance(dtype, pl.Decimal))
+
+
 def _text(column: str) -> pl.Expr:
     return pl.col(column).cast(pl.String)
 
 
-def _turn(role: str, content: pl.Expr) -> pl.Expr:
-    return pl.struct(pl.lit(role, dtype=pl.String).alias("role"), content.alias("content"))
+def _turn(role: str, content: pl.Expr, weighted: bool = False) -> pl.Expr:
+    fields = [pl.lit(role, dtype=pl.String).alias("role"), content.alias("content")]
+    if weighted:  # a turn added to weighted messages has no weight of its own: the default
+        fields.append(pl.lit(None, dtype=pl.Int8).alias("weight"))
+    return pl.struct(*fields)
 
 
 def _non_blank(expr: pl.Expr) -> pl.Expr:
@@ -192,9 +230,10 @@ def _from_text_columns(frame: pl.DataFrame, source: SourceConfig, required: dict
 def _from_messages_column(frame: pl.DataFrame, column: str, file: str) -> pl.DataFrame:
     dtype = frame.schema[column]
     if dtype == pl.String:
-        parsed, problems = _parse_json_messages(frame.get_column(column))
-        problem = pl.lit(pl.Series(problems, dtype=pl.String))
-        return frame.with_columns(messages=parsed, **_messages_verdict(column, problem))
+        parsed, problems = _parse_json_messages(frame.get_column(column), column)
+        verdict = {name: pl.lit(pl.Series([p[i] if p else None for p in problems], dtype=pl.String))
+                   for i, name in enumerate(("reason", "field", "detail"))}
+        return frame.with_columns(messages=parsed, **_messages_verdict(column, verdict))
     if not (isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)):
         raise DataError(file, f"column {column!r} holds {dtype}; expected a list of "
                               "{role, content} turns or a JSON string of one", field=column)
@@ -205,65 +244,155 @@ def _from_messages_column(frame: pl.DataFrame, column: str, file: str) -> pl.Dat
         raise DataError(file, f"turns in column {column!r} have fields {sorted(fields)} "
                               f"({dtype}); expected text fields role and content", field=column)
     turn = pl.element().struct
-    roleless = pl.col(column).list.eval(turn.field("role").is_null())
-    problem = pl.when(roleless.list.any()).then(
-        pl.format("turn {} has no role", roleless.list.arg_max())
-    )
+    built = [turn.field("role").cast(pl.String), turn.field("content").cast(pl.String)]
+    if "weight" in fields:
+        built.append(turn.field("weight").cast(pl.Int8, strict=False))
     return frame.with_columns(
-        messages=pl.col(column).list.eval(
-            pl.struct(turn.field("role").cast(pl.String), turn.field("content").cast(pl.String))
-        ),
-        **_messages_verdict(column, problem),
+        messages=pl.col(column).list.eval(pl.struct(*built)),
+        **_messages_verdict(column, _typed_turn_problems(column, fields)),
     )
 
 
-def _messages_verdict(column: str, problem: pl.Expr) -> dict[str, pl.Expr]:
-    """Verdict columns read from the raw column: null is missing_value, a problem is bad_messages."""
+def _first_turn(column: str, failing: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """Whether some turn fails, and the index of the first that does."""
+    per_turn = pl.col(column).list.eval(failing.fill_null(False))
+    return per_turn.list.any(), per_turn.list.arg_max()
+
+
+def _typed_turn_problems(column: str, fields: dict[str, pl.DataType]) -> dict[str, pl.Expr]:
+    """Reason, field and detail of each row's first fault, in MESSAGES_REASONS order."""
+    turn = pl.element().struct
+    role = turn.field("role")
+    # (reason, failing per turn, the turn's key at fault, what the detail says about it)
+    checks: list[tuple[str, pl.Expr, str, str]] = [("bad_messages", role.is_null(), "role", "")]
+    if fields["content"] not in (pl.String, pl.Null):
+        checks.append(("not_a_string", turn.field("content").is_not_null(), "content",
+                       f"content is {fields['content']}, expected text"))
+    if "weight" in fields:
+        weight = turn.field("weight")
+        numeric = fields["weight"].is_numeric() and fields["weight"] != pl.Boolean
+        bad_value = ((weight != 0) & (weight != 1)) if numeric else pl.lit(True)
+        checks.append(("invalid_weight", weight.is_not_null() & (bad_value | (role != "assistant")),
+                       "weight", f"has weight ({fields['weight']}) {{value}}; {_WEIGHT_RULE}"))
+    for key in fields:
+        if key not in MESSAGE_KEYS:
+            checks.append(("unknown_message_key", turn.field(key).is_not_null(), key,
+                           f"has key '{key}' {{value}}; {_UNKNOWN_KEY_RULE}"))
+    verdict = dict.fromkeys(("reason", "field", "detail"), pl.lit(None, dtype=pl.String))
+    for reason, failing, key, says in reversed(checks):  # built inside out: the first check wins
+        fails, index = _first_turn(column, failing)
+        turn_text = index.cast(pl.String)
+        if reason == "bad_messages":
+            field_name, detail = pl.lit(column), pl.concat_str(pl.lit("turn "), turn_text, pl.lit(" has no role"))
+        else:
+            at = pl.col(column).list.get(index, null_on_oob=True).struct
+            value = pl.lit("")
+            if not fields[key].is_nested():
+                value = at.field(key).cast(pl.String)
+                value = pl.concat_str(pl.lit('"'), value, pl.lit('"')) if fields[key] == pl.String else value
+            before, _, after = says.partition("{value}")
+            field_name = pl.concat_str(pl.lit(f"{column}["), turn_text, pl.lit(f"].{key}"))
+            detail = pl.concat_str(pl.lit("turn "), turn_text, pl.lit(" ("), at.field("role").fill_null("?"),
+                                   pl.lit(") " + before), value, pl.lit(after))
+        verdict = {
+            "reason": pl.when(fails).then(pl.lit(reason)).otherwise(verdict["reason"]),
+            "field": pl.when(fails).then(field_name).otherwise(verdict["field"]),
+            "detail": pl.when(fails).then(detail).otherwise(verdict["detail"]),
+        }
+    return verdict
+
+
+_WEIGHT_RULE = "a weight must be the number 0 (context, not trained) or 1 (trained), on an assistant turn"
+_UNKNOWN_KEY_RULE = ("mixtune trains on role, content and weight only; remove the key from the "
+                     "file, or move what it says into the content")
+
+
+def _messages_verdict(column: str, problem: dict[str, pl.Expr]) -> dict[str, pl.Expr]:
+    """Verdict columns: a null value is missing_value, else the row's first turn problem."""
     is_null = pl.col(column).is_null()
     return {
-        "_field": pl.when(is_null | problem.is_not_null()).then(pl.lit(column)),
-        "_reason": pl.when(is_null).then(pl.lit("missing_value"))
-        .when(problem.is_not_null()).then(pl.lit("bad_messages")),
-        "_detail": pl.when(is_null).then(pl.lit(f"column '{column}' is null")).otherwise(problem),
+        "_field": pl.when(is_null).then(pl.lit(column)).otherwise(problem["field"]),
+        "_reason": pl.when(is_null).then(pl.lit("missing_value")).otherwise(problem["reason"]),
+        "_detail": pl.when(is_null).then(pl.lit(f"column '{column}' is null")).otherwise(problem["detail"]),
     }
 
 
-def _parse_json_messages(values: pl.Series) -> tuple[pl.Series, list[str | None]]:
-    """JSON strings -> messages; per row a problem sentence, or None when it parsed.
+def _parse_json_messages(values: pl.Series, column: str) -> tuple[pl.Series, list[tuple[str, str, str] | None]]:
+    """JSON strings -> messages; per row a (reason, field, detail) problem, or None when it parsed.
 
     Python per row: JSON text needs a real parser to name what is wrong with each row.
     """
     conversations: list[list[dict] | None] = []
-    problems: list[str | None] = []
+    problems: list[tuple[str, str, str] | None] = []
+    weighted = False
     for text in values.to_list():
         if text is None:
             conversations.append(None)
             problems.append(None)  # reported as missing_value
             continue
-        turns, problem = _parse_turns(text)
+        turns, problem = _parse_turns(text, column)
         conversations.append(turns)
         problems.append(problem)
-    return pl.Series("messages", conversations, dtype=MESSAGES_DTYPE), problems
+        weighted = weighted or any(t["weight"] is not None for t in turns or ())
+    if not weighted:
+        conversations = [c and [{"role": t["role"], "content": t["content"]} for t in c] for c in conversations]
+    dtype = WEIGHTED_MESSAGES_DTYPE if weighted else MESSAGES_DTYPE
+    return pl.Series("messages", conversations, dtype=dtype, strict=True), problems
 
 
-def _parse_turns(text: str) -> tuple[list[dict] | None, str | None]:
+def _parse_turns(text: str, column: str) -> tuple[list[dict] | None, tuple[str, str, str] | None]:
+    """The turns of one JSON conversation, or None and the first fault (MESSAGES_REASONS order)."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        return None, f"not valid JSON: {exc.msg} at char {exc.pos}"
+        return None, ("bad_messages", column, f"not valid JSON: {exc.msg} at char {exc.pos}")
     if not isinstance(value, list):
-        return None, f"expected a JSON list of turns, got {type(value).__name__}"
+        return None, ("bad_messages", column, f"expected a JSON list of turns, got {_json_kind(value)}")
     turns = []
+    found: dict[str, tuple[str, str, str]] = {}  # reason -> its first fault
     for i, turn in enumerate(value):
         if not isinstance(turn, dict):
-            return None, f"turn {i} is {type(turn).__name__}, expected an object with role and content"
-        role, content = turn.get("role"), turn.get("content")
+            return None, ("bad_messages", column,
+                          f"turn {i} is {_json_kind(turn)}, expected an object with role and content")
+        role, content, weight = turn.get("role"), turn.get("content"), turn.get("weight")
         if not isinstance(role, str):
-            return None, f"turn {i} has no text role"
+            return None, ("bad_messages", column, f"turn {i} has no text role")
         if content is not None and not isinstance(content, str):
-            return None, f"turn {i} content is {type(content).__name__}, expected text"
-        turns.append({"role": role, "content": content})
+            found.setdefault("not_a_string", (f"{column}[{i}].content",
+                                              f"turn {i} ({role}) content is {_json_kind(content)} "
+                                              f"{_shown(content)}, expected text"))
+        if weight is not None and not (_is_zero_or_one(weight) and role == "assistant"):
+            found.setdefault("invalid_weight", (f"{column}[{i}].weight",
+                                                f"turn {i} ({role}) has weight {_shown(weight)}; {_WEIGHT_RULE}"))
+        for key, key_value in turn.items():
+            if key not in MESSAGE_KEYS and key_value is not None:
+                found.setdefault("unknown_message_key", (
+                    f"{column}[{i}].{key}",
+                    f"turn {i} ({role}) has key '{key}' (value {_shown(key_value)}); {_UNKNOWN_KEY_RULE}"))
+        turns.append({"role": role, "content": content,
+                      "weight": int(weight) if _is_zero_or_one(weight) else None})
+    for reason in MESSAGES_REASONS:
+        if reason in found:
+            return None, (reason, *found[reason])
     return turns, None
+
+
+def _is_zero_or_one(weight: object) -> bool:
+    """0 or 1 as a JSON number (1.0 is the number 1); true, "1" and 0.5 are not."""
+    return isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight in (0, 1)
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    names = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
+    return next((n for t, n in names.items() if isinstance(value, t)), "null" if value is None else type(value).__name__)
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """A value as JSON, cut for a one-line message."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _add_system_turn(frame: pl.DataFrame, source: SourceConfig) -> pl.DataFrame:
@@ -273,11 +402,13 @@ def _add_system_turn(frame: pl.DataFrame, source: SourceConfig) -> pl.DataFrame:
         system = _text(source.system_column)
     else:
         return frame
+    dtype = frame.schema["messages"]
+    weighted = dtype == WEIGHTED_MESSAGES_DTYPE
     opens_with_system = (
         pl.col("messages").list.first().struct.field("role").fill_null("") == "system"
     )
     add = _non_blank(system) & ~opens_with_system & pl.col("messages").is_not_null()
-    with_system = pl.concat_list([pl.concat_list([_turn("system", system)]), pl.col("messages")])
+    with_system = pl.concat_list([pl.concat_list([_turn("system", system, weighted)]), pl.col("messages")])
     return frame.with_columns(
-        messages=pl.when(add).then(with_system).otherwise(pl.col("messages")).cast(MESSAGES_DTYPE)
+        messages=pl.when(add).then(with_system).otherwise(pl.col("messages")).cast(dtype)
     )
