@@ -6,6 +6,8 @@
     domain      the domain axis: answers on the held-out split, EM / token F1 / ROUGE-L, label metrics
     judge       optional OpenAI-compatible LLM judge for domain answers
     under_test  which weights an evaluation loads: the base, base + adapter, or full weights
-    scores      score tables from evaluation artifacts
-    compare     deltas to the base, verdicts and the Pareto front; ``report`` renders them
+    scores      score tables and per-item results from evaluation artifacts
+    stats       paired bootstrap intervals, standard errors and the n a decision needs
+    compare     paired changes, checks, verdicts, the recommendation and the Pareto front
+    report      the comparison as Markdown, HTML and a Pareto plot with error bars
 """
