@@ -89,3 +89,50 @@ def test_assistant_reply_missing_from_the_rendering_raises(tiny_tokenizer):
     )
     with pytest.raises(ValueError, match="assistant content not found"):
         tokenize_chat(tokenizer, CONVERSATION)
+
+
+# --- per-turn weights (OpenAI chat fine-tuning format) ---
+
+CAPITAL = [
+    {"role": "user", "content": "What is the capital of Australia?"},
+    {"role": "assistant", "content": "Sydney.", "weight": 0},
+    {"role": "user", "content": "Are you sure?"},
+    {"role": "assistant", "content": "Sorry, it is Canberra.", "weight": 1},
+]
+
+
+def test_weight_0_reply_is_context_and_only_the_weight_1_reply_is_supervised(tiny_tokenizer):
+    chat = tokenize_chat(tiny_tokenizer, CAPITAL)
+
+    assert supervised_text(tiny_tokenizer, chat) == ["Sorry, it is Canberra.<|im_end|>"]
+    assert "Sydney." in _unsupervised_text(tiny_tokenizer, chat)
+    # the model still sees the whole conversation, rendered by the real template without weights
+    plain = [{"role": m["role"], "content": m["content"]} for m in CAPITAL]
+    assert chat.input_ids == list(tiny_tokenizer.apply_chat_template(plain, tokenize=True)["input_ids"])
+
+
+def test_no_weight_and_weight_1_supervise_alike(tiny_tokenizer):
+    unweighted = [{"role": m["role"], "content": m["content"]} for m in CAPITAL]
+    weighted = [{**m, "weight": 1} if m["role"] == "assistant" else m for m in CAPITAL]
+
+    assert tokenize_chat(tiny_tokenizer, unweighted) == tokenize_chat(tiny_tokenizer, weighted)
+    assert supervised_text(tiny_tokenizer, tokenize_chat(tiny_tokenizer, unweighted)) == [
+        "Sydney.<|im_end|>", "Sorry, it is Canberra.<|im_end|>"]
+
+
+def test_weight_0_on_an_earlier_reply_under_a_rewriting_template(tiny_tokenizer):
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+        "{% if loop.last and m['role'] == 'assistant' %}<think></think>{% endif %}"
+        "{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    assert supervised_text(tokenizer, tokenize_chat(tokenizer, CAPITAL)) == [
+        "<think></think>Sorry, it is Canberra.<|im_end|>"]
+
+
+@pytest.mark.parametrize("weight", [0.5, 2, "1", True])
+def test_a_weight_other_than_0_or_1_raises(tiny_tokenizer, weight):
+    with pytest.raises(ValueError, match="turn weight must be 0, 1 or absent"):
+        tokenize_chat(tiny_tokenizer, [CAPITAL[0], {**CAPITAL[1], "weight": weight}])

@@ -16,6 +16,10 @@ rendering prefixes of the conversation with the real template:
 trailing whitespace the template puts between turns is not supervised. Token
 labels then come from character offsets of one tokenization of the full text,
 so a token is never split or double-counted across spans.
+
+Per-turn weights (OpenAI chat fine-tuning format): an assistant turn with
+``weight: 0`` is shown to the model as context but not supervised; ``1`` or
+no weight (None) supervises it. Templates see role and content only.
 """
 
 from __future__ import annotations
@@ -50,7 +54,14 @@ def _render(tokenizer: Any, messages: Sequence[dict], add_generation_prompt: boo
 
 
 def assistant_char_spans(tokenizer: Any, messages: Sequence[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The full rendered text and the [start, end) character span of every assistant reply."""
+    """The full rendered text and the [start, end) character span of every supervised assistant reply.
+
+    ``messages`` are {role, content} turns, optionally with ``weight`` (0, 1 or None;
+    anything else raises ValueError: validate rejects it as ``invalid_weight`` first).
+    A reply with weight 0 is rendered but gets no span.
+    """
+    supervised = [_supervised(m) for m in messages]
+    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
     text = _render(tokenizer, messages, add_generation_prompt=False)
     spans: list[tuple[int, int]] = []
     cursor = 0
@@ -66,9 +77,18 @@ def assistant_char_spans(tokenizer: Any, messages: Sequence[dict]) -> tuple[str,
             # prefix property; fall back to finding the reply's text after the last span.
             start, end = _find_reply(tokenizer, text, message["content"], cursor)
         if end > start:
-            spans.append((start, end))
-            cursor = end
+            if supervised[i]:
+                spans.append((start, end))
+            cursor = end  # past a context reply too: the next reply is searched after it
     return text, spans
+
+
+def _supervised(message: dict) -> bool:
+    """An assistant turn without weight 0; a weight that is not 0 or 1 is an error."""
+    weight = message.get("weight")
+    if weight is not None and (isinstance(weight, bool) or weight not in (0, 1)):
+        raise ValueError(f"turn weight must be 0, 1 or absent, got {weight!r}")
+    return message["role"] == "assistant" and weight != 0
 
 
 def _find_reply(tokenizer: Any, text: str, content: str, cursor: int) -> tuple[int, int]:
@@ -88,7 +108,6 @@ def tokenize_chat(tokenizer: Any, messages: Sequence[dict], max_length: int | No
     ``max_length`` keeps the first tokens (tokens; None: no limit); a cut
     conversation is flagged so the caller can count it.
     """
-    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
     text, spans = assistant_char_spans(tokenizer, messages)
     # The template already holds BOS where the model wants one; adding it again would double it.
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
