@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from mixtune.errors import ConfigError
 from mixtune.eval.config import EvalConfig
@@ -54,12 +55,33 @@ class MixtuneConfig(StrictModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
+    @model_validator(mode="after")
+    def _one_length_limit(self) -> "MixtuneConfig":
+        # Validation passes rows up to validate.max_length tokens; training must not cut them again
+        # (a cut answer loses its end-of-turn token, or all of its supervised tokens).
+        limit = self.validate_.max_length
+        if self.train.max_length is None:
+            self.train.max_length = limit
+        elif self.train.max_length < limit:
+            raise PydanticCustomError(
+                "length_limits_disagree",
+                "train.max_length ({train}) is below validate.max_length ({limit}): training would cut rows "
+                "that validation passed, dropping answers' end-of-turn tokens or every answer token. Set "
+                "train.max_length to at least {limit} (or leave it unset: it follows validate.max_length), "
+                "or lower validate.max_length to {train} so validation rejects or truncates those rows",
+                {"train": self.train.max_length, "limit": limit},
+            )
+        return self
+
     def dump(self) -> dict[str, Any]:
         """The resolved config as plain data, with YAML key names."""
         return self.model_dump(mode="json", by_alias=True)
 
 
 # --- loading ---
+
+
+_CROSS_SECTION_PATHS = {"length_limits_disagree": "train.max_length, validate.max_length"}
 
 
 def _format_problem(err: dict[str, Any]) -> str:
@@ -76,6 +98,8 @@ def _format_problem(err: dict[str, Any]) -> str:
     # A refused URI may hold a password: its message shows it redacted, never as given.
     hidden = isinstance(got, (dict, list)) or got is None or err["type"] == CREDENTIALS_IN_URI
     shown = "" if hidden else f" (got {got!r})"
+    if not path and err["type"] in _CROSS_SECTION_PATHS:  # a check across sections names its fields
+        path = _CROSS_SECTION_PATHS[err["type"]]
     return f"{path or '<root>'}: {err['msg']}{shown}"
 
 

@@ -73,6 +73,9 @@ def train(name: str, model: ModelConfig, manifest: ArtifactRef, split: ArtifactR
                          schema={"step": pl.Int64, "loss": pl.Float64})
     get_run_logger().info("train %s: %d steps, final loss %.4f, val loss %s", name, summary["final_step"],
                           summary["step_losses"][-1] if summary["step_losses"] else float("nan"), summary["val_loss"])
+    if summary.get("truncated_examples"):  # counted in the manifest's result too
+        get_run_logger().warning("train %s: %d examples cut to train.max_length %s; their cut answers were not "
+                                 "supervised", name, summary["truncated_examples"], cfg.max_length)
     return store.commit(
         stage="train", name=name, key=key, tables={"losses": steps}, parents=[manifest, split],
         parameters={"train": cfg, "model": model}, rows_in=steps.height, rows_kept=steps.height,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import polars as pl
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 
 import mixtune.prepare.sanitize as sanitize_core
@@ -36,7 +37,11 @@ def validate(rows: ArtifactRef, cfg: ValidateConfig, sanitize: SanitizeConfig, m
             extra={"reasons": result.reasons, "truncated": result.truncated,
                    "tokens": int(result.frame["num_tokens"].sum() or 0)},
         )
-    reasons = store.manifest(ref)["reasons"]
+    manifest = store.manifest(ref)
+    reasons = manifest["reasons"]
+    if manifest.get("truncated"):  # counted in the manifest; each cut answer keeps its end-of-turn token
+        get_run_logger().warning("validate %s: %d rows had their final answer cut to validate.max_length %d "
+                                 "(on_too_long: truncate)", rows.name, manifest["truncated"], cfg.max_length)
     create_table_artifact(
         key=artifact_key(f"validate-rejects-{rows.name}"),
         table=[{"reason": r, "rows": n} for r, n in sorted(reasons.items())] or [{"reason": "-", "rows": 0}],

@@ -35,7 +35,7 @@ def test_sweep_runs_mixes_concurrently_as_child_runs_and_compares_them(tmp_path)
     raw = demo_like_config(tmp_path, data, catalog=str(REPO / "configs" / "catalog-offline.yaml"),
                            mix={"domain_percent": 75, "weights": {"math": 1}},
                            train={"global_batch_size": 4, "per_device_batch_size": 4, "max_steps": 3,
-                                  "max_length": 256, "logging_steps": 1},
+                                  "logging_steps": 1},
                            eval={"general_tasks": [{"name": "arc_challenge", "limit": 2}],
                                  "domain": {"max_rows": 3, "max_new_tokens": 4}})
     raw["categories"] = {"math": [{"name": "gsm8k-small", "uri": str(REPO / "data/categories/math/gsm8k_train_first300.jsonl"),

@@ -56,7 +56,7 @@ def manifest() -> pl.DataFrame:
 
 
 def _cfg(**overrides) -> TrainConfig:
-    settings = dict(global_batch_size=BATCH, per_device_batch_size=2, max_length=160, learning_rate=5e-3,
+    settings = dict(global_batch_size=BATCH, per_device_batch_size=2, max_length=256, learning_rate=5e-3,
                     max_steps=STEPS, logging_steps=1, checkpoint_every_steps=None,
                     lora={"rank": 4, "alpha": 8, "dropout": 0.1})
     return TrainConfig(**(settings | overrides))

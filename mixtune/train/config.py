@@ -64,7 +64,11 @@ class TrainConfig(StrictModel):
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip the global gradient L2 norm; null: no clipping")
     global_batch_size: int = Field(16, gt=0, description="examples per optimizer step, all devices together")
     per_device_batch_size: int = Field(4, gt=0, description="examples per forward pass on one device")
-    max_length: int = Field(2048, gt=0, description="tokens per example; longer examples are cut and counted")
+    max_length: int | None = Field(
+        None, gt=0, description="tokens per example; null: validate.max_length, the limit rows were checked "
+        "against (a run config fills it in and refuses a smaller value); a longer example is cut, counted, and "
+        "its cut answer not supervised"
+    )
     max_steps: int | None = Field(
         None, gt=0, description=f"optimizer steps (the manifest holds this many global batches); "
         f"{DEFAULT_MAX_STEPS} when neither max_steps nor epochs is set"

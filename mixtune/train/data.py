@@ -4,23 +4,33 @@ The manifest (columns batch, position, source, row_id) IS the order: global
 batch b is the rows with batch == b in position order, and nothing here
 shuffles. Because the order is a pure function of the manifest, a resumed run
 continues at step k with exactly the rows an uninterrupted run would use.
+
+Length: a run config makes ``train.max_length`` at least ``validate.max_length``
+(``mixtune.config``), so rows that passed validation are never cut here. A
+``TrainConfig`` used on its own may still cut; ``fit_to_length`` then keeps a
+cut answer out of the loss (it has lost its end-of-turn token, and learning
+it would teach the model not to stop), every cut is counted, and a row left
+with no supervised token is an error naming it, never a silent no-op.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
 import polars as pl
 
-from mixtune.train.chat_tokens import TokenizedChat, tokenize_chat
+from mixtune.train.chat_tokens import IGNORE_INDEX, TokenizedChat, tokenize_chat
 from mixtune.errors import DataError
 
 MANIFEST_COLUMNS = ("batch", "position", "source", "row_id")
 
 RowKey = tuple[str, int]  # (source name, _row_id in that source's frame)
+log = logging.getLogger(__name__)
 
 
 def plan_steps(manifest: pl.DataFrame, global_batch_size: int, max_steps: int | None) -> list[list[RowKey]]:
@@ -70,7 +80,7 @@ class ExampleStore:
     training on them.
     """
 
-    def __init__(self, frames: dict[str, pl.DataFrame], tokenizer: Any, max_length: int) -> None:
+    def __init__(self, frames: dict[str, pl.DataFrame], tokenizer: Any, max_length: int | None) -> None:
         self.frames, self.tokenizer, self.max_length = frames, tokenizer, max_length
         self._messages: dict[RowKey, list[dict]] = {}
         self.truncated_examples = 0  # occurrences: a repeated row cut twice counts twice
@@ -94,14 +104,48 @@ class ExampleStore:
                                 field="_row_id")
 
     def get(self, key: RowKey) -> TokenizedChat:
-        chat = tokenize_chat(self.tokenizer, self._messages[key], self.max_length)
-        self.truncated_examples += chat.truncated
+        """The row's tokens and labels, fitted to ``max_length``; DataError if no supervised token is left."""
+        full = tokenize_chat(self.tokenizer, self._messages[key])
+        chat = fit_to_length(full, self.max_length)
+        if chat.truncated:
+            self.truncated_examples += 1
+            if self.truncated_examples == 1:
+                log.warning("source %s row_id %d: %d tokens cut to train.max_length %d (%d of %d supervised "
+                            "tokens kept); every cut is counted in the train result", key[0], key[1],
+                            full.num_tokens, self.max_length, chat.num_supervised, full.num_supervised)
+        if chat.num_supervised == 0:  # it would cost a forward pass and teach nothing
+            source, row_id = key
+            why = (f"{full.num_tokens} tokens; train.max_length {self.max_length} leaves 0 of "
+                   f"{full.num_supervised} answer tokens supervised, so the row would train on nothing. "
+                   "Make train.max_length at least validate.max_length (a run config does this), or lower "
+                   "validate.max_length so validation rejects or truncates such rows") if chat.truncated else \
+                "no token of this row is supervised, so it would train on nothing"
+            raise DataError(f"source {source}", why, row=row_id, field="messages")
         return chat
 
 
-def tokenize_frame(frame: pl.DataFrame, tokenizer: Any, max_length: int) -> list[TokenizedChat]:
-    """Every row of a frame with ``messages``, in frame order (for validation loss)."""
-    return [tokenize_chat(tokenizer, messages, max_length) for messages in frame["messages"].to_list()]
+def fit_to_length(chat: TokenizedChat, max_length: int | None) -> TokenizedChat:
+    """The first ``max_length`` tokens; an answer the cut runs through is not supervised.
+
+    Shapes: ``input_ids`` and ``labels`` both (min(tokens, max_length),). A
+    supervised run that the cut ends early has lost its end-of-turn token, so
+    its labels become IGNORE_INDEX; complete answers before it keep theirs.
+    ``truncated`` is set whenever a token was dropped. None: no limit.
+    """
+    if max_length is None or chat.num_tokens <= max_length:
+        return chat
+    input_ids, labels = chat.input_ids[:max_length], chat.labels[:max_length]
+    if chat.labels[max_length] != IGNORE_INDEX:  # the cut lands inside an answer
+        start = max_length
+        while start > 0 and labels[start - 1] != IGNORE_INDEX:
+            start -= 1
+        labels = labels[:start] + [IGNORE_INDEX] * (max_length - start)
+    return dataclasses.replace(chat, input_ids=input_ids, labels=labels, truncated=True)
+
+
+def tokenize_frame(frame: pl.DataFrame, tokenizer: Any, max_length: int | None) -> list[TokenizedChat]:
+    """Every row of a frame with ``messages``, in frame order (for validation loss), fitted to ``max_length``."""
+    return [fit_to_length(tokenize_chat(tokenizer, messages), max_length) for messages in frame["messages"].to_list()]
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,7 @@ def train(model_path: str, train_frames: dict[str, pl.DataFrame], manifest: pl.D
             metrics = meter.report() | timer.report() | {
                 "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
                 "train/memory_mb": _memory_mb(devices.device),
+                "train/truncated_examples": state.truncated_examples,  # cumulative; 0 when lengths agree
             }
             if state.step in state.val_losses:
                 metrics["val/loss"] = state.val_losses[state.step]
@@ -179,6 +180,9 @@ def train(model_path: str, train_frames: dict[str, pl.DataFrame], manifest: pl.D
                                                      devices.device, autocast)
         if devices.main and log_metrics:
             log_metrics(state.step, {"val/loss": state.val_losses[state.step]})
+    if state.truncated_examples and devices.main:
+        log.warning("%d examples were cut to train.max_length %s; cut answers were not supervised",
+                    state.truncated_examples, cfg.max_length)
     result = TrainResult(
         output_dir=str(output_dir), final_step=state.step, step_losses=state.step_losses,
         val_loss=state.val_losses.get(state.step), val_losses=state.val_losses,
