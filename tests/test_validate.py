@@ -7,7 +7,7 @@ import pytest
 
 from mixtune.prepare.sanitize import reserved_strings, special_tokens_of
 from mixtune.sections import SanitizeConfig, ValidateConfig
-from mixtune.prepare.transform import MESSAGES_DTYPE, REJECTS_SCHEMA
+from mixtune.prepare.transform import MESSAGES_DTYPE, REJECTS_SCHEMA, WEIGHTED_MESSAGES_DTYPE
 from mixtune.prepare.validate import reject_share_exceeded, validate
 from conftest import A, S, U  # chat turns: user, assistant, system
 
@@ -179,3 +179,43 @@ def test_reject_share_threshold_is_exclusive():
     assert reject_share_exceeded(100, 6, 5.0)
     assert not reject_share_exceeded(0, 0, 5.0)
     assert reject_share_exceeded(10, 1, 0.0)
+
+
+# --- per-turn weights ---
+
+CAPITAL = [U("What is the capital of Australia?"), {**A("Sydney."), "weight": 0},
+           U("Are you sure?"), {**A("Sorry, it is Canberra."), "weight": 1}]
+
+
+def _weighted(conversations: list) -> pl.DataFrame:
+    weighted = [[{"weight": None, **turn} for turn in turns] for turns in conversations]
+    return _frame([[]] * len(conversations)).with_columns(
+        messages=pl.Series(weighted, dtype=WEIGHTED_MESSAGES_DTYPE))
+
+
+def test_weighted_turns_are_kept_with_their_weights_and_counted_without_them(tiny_tokenizer, reserved):
+    result = validate(_weighted([CAPITAL]), ValidateConfig(), tiny_tokenizer, reserved)
+    assert result.rejects.height == 0
+    assert [t["weight"] for t in result.frame["messages"][0]] == [None, 0, None, 1]
+    plain = [{"role": t["role"], "content": t["content"]} for t in CAPITAL]
+    assert result.frame["num_tokens"].to_list() == [_token_count(tiny_tokenizer, plain)]
+
+
+def test_every_assistant_turn_with_weight_0_is_no_supervised_tokens(tiny_tokenizer, reserved):
+    context_only = [CAPITAL[0], CAPITAL[1], CAPITAL[2], {**CAPITAL[3], "weight": 0}]
+    result = validate(_weighted([context_only, CAPITAL]), ValidateConfig(), tiny_tokenizer, reserved)
+    assert result.frame["_row_id"].to_list() == [101]
+    assert result.rejects.select("_row_id", "field", "reason").rows() == [
+        (100, "messages", "no_supervised_tokens")]
+    assert result.rejects["detail"][0].startswith("every assistant turn has weight 0")
+
+
+def test_weight_other_than_0_or_1_or_off_the_assistant_is_invalid_weight(tiny_tokenizer, reserved):
+    two = [CAPITAL[0], {**CAPITAL[1], "weight": 2}]
+    on_user = [{**CAPITAL[0], "weight": 1}, CAPITAL[3]]
+    result = validate(_weighted([two, on_user]), ValidateConfig(), tiny_tokenizer, reserved)
+    assert result.rejects.select("_row_id", "field", "reason", "detail").rows() == [
+        (100, "messages[1].weight", "invalid_weight", "turn 1 (assistant) has weight 2; a weight must be 0 "
+                                                      "(context, not trained) or 1 (trained), on an assistant turn"),
+        (101, "messages[0].weight", "invalid_weight", "turn 0 (user) has weight 1; a weight must be 0 "
+                                                      "(context, not trained) or 1 (trained), on an assistant turn")]

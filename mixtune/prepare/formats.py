@@ -266,12 +266,68 @@ def _json_column(name: str, values: list, lines: list[int], uri: str) -> pl.Seri
             line=lines[max(first_scalar, first_nested)], field=name,
         )
     try:
-        # pyarrow refuses to change a type (text to number, int to bool, an int a double
-        # cannot hold) where polars would coerce it silently.
-        return pl.Series(name, pa.array(values))
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        # The type is worked out here, not inferred by polars or pyarrow: both coerce a place
+        # that holds two kinds of value (polars: 0.5 -> 0, 2 -> "2"; pyarrow: true -> 1.0).
+        arrow_type = _arrow_type(_unified_kind(values))
+        return pl.Series(name, pa.array(values, type=arrow_type))
+    except (_MixedKinds, pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        # e.g. an int a double cannot hold, or one past int64
         return pl.Series(name, [None if v is None else _json_text(v) for v in values],
                          dtype=pl.String)
+
+
+class _MixedKinds(ValueError):
+    """One place in nested values holds two kinds of value (text and a number ...)."""
+
+
+def _unified_kind(values: list) -> object:
+    kind: object = "null"
+    for value in values:
+        kind = _unify(kind, _kind_of(value))
+    return kind
+
+
+def _kind_of(value: object) -> object:
+    """"null", "bool", "int", "float", "str", ("list", kind) or ("struct", {key: kind})."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, _JsonInt):
+        return "int"
+    if isinstance(value, _JsonFloat):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, list):
+        return ("list", _unified_kind(value))
+    return ("struct", {key: _kind_of(v) for key, v in value.items()})
+
+
+def _unify(a: object, b: object) -> object:
+    """The kind holding both; an int beside a float is a float (pyarrow then checks it is exact)."""
+    if a == "null" or a == b:
+        return b
+    if b == "null":
+        return a
+    if a in ("int", "float") and b in ("int", "float"):
+        return "float"
+    if isinstance(a, tuple) and isinstance(b, tuple) and a[0] == b[0]:
+        if a[0] == "list":
+            return ("list", _unify(a[1], b[1]))
+        keys = list(dict.fromkeys([*a[1], *b[1]]))
+        return ("struct", {k: _unify(a[1].get(k, "null"), b[1].get(k, "null")) for k in keys})
+    raise _MixedKinds(f"{a} and {b}")
+
+
+def _arrow_type(kind: object) -> pa.DataType:
+    scalars = {"null": pa.null(), "bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(),
+               "str": pa.string()}
+    if isinstance(kind, str):
+        return scalars[kind]
+    if kind[0] == "list":
+        return pa.list_(_arrow_type(kind[1]))
+    return pa.struct([(key, _arrow_type(k)) for key, k in kind[1].items()])
 
 
 def _as_text(value: object) -> str | None:

@@ -273,7 +273,7 @@ def _typed_turn_problems(column: str, fields: dict[str, pl.DataType]) -> dict[st
         numeric = fields["weight"].is_numeric() and fields["weight"] != pl.Boolean
         bad_value = ((weight != 0) & (weight != 1)) if numeric else pl.lit(True)
         checks.append(("invalid_weight", weight.is_not_null() & (bad_value | (role != "assistant")),
-                       "weight", f"has weight ({fields['weight']}) {{value}}; {_WEIGHT_RULE}"))
+                       "weight", f"has weight {{value}}; {_WEIGHT_RULE}"))
     for key in fields:
         if key not in MESSAGE_KEYS:
             checks.append(("unknown_message_key", turn.field(key).is_not_null(), key,

@@ -9,6 +9,11 @@ one reason, the first check it fails, in this order:
    null turn or a turn without a role;
 2. ``bad_role_order``: roles must be an optional ``system`` first, then
    ``user``/``assistant`` alternating from ``user``, ending with ``assistant``;
+   then, where turns carry a ``weight`` (OpenAI chat fine-tuning format):
+   ``invalid_weight``, a weight other than 0 or 1, or one on a turn that is
+   not the assistant's (field ``messages[i].weight``); and
+   ``no_supervised_tokens``, every assistant turn has weight 0, so training
+   would learn nothing from the row;
 3. ``empty_content``: a null, empty or whitespace-only content
    (field ``messages[i].content``);
 4. ``reserved_string``: a reserved literal (special tokens, ``[EOS]`` ...)
@@ -38,7 +43,8 @@ from mixtune.prepare.sanitize import find_reserved
 from mixtune.sections import SanitizeConfig, ValidateConfig
 from mixtune.prepare.transform import LINEAGE_COLUMNS, empty_rejects, rejects_table
 
-REASONS = ("bad_schema", "bad_role_order", "empty_content", "reserved_string",
+REASONS = ("bad_schema", "bad_role_order", "invalid_weight", "no_supervised_tokens",
+           "empty_content", "reserved_string",
            "too_long", "prompt_too_long", "duplicate")
 _ROLE_CODES = {"system": "s", "user": "u", "assistant": "a"}
 _ROLE_ORDER = r"^s?(ua)+$"
@@ -92,7 +98,7 @@ def validate(
             _field=pl.lit("messages"), _reason=pl.lit("bad_schema"), _detail=pl.lit(schema_problem)))
         alive = alive.clear()
     else:
-        for check in (_check_rows_schema, _check_role_order, _check_empty_content):
+        for check in (_check_rows_schema, _check_role_order, _check_weights, _check_empty_content):
             alive = _split(check(alive), rejected)
         alive = _split(_check_reserved(alive, reserved, role_prefixes), rejected)
     truncated = 0
@@ -137,8 +143,9 @@ def _schema_problem(frame: pl.DataFrame) -> str | None:
     ok = isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct) and all(
         any(f.name == name and f.dtype == pl.String for f in dtype.inner.fields)
         for name in ("role", "content")
-    )
-    return None if ok else f"messages has type {dtype}; expected list[struct[role: str, content: str]]"
+    ) and all(f.dtype.is_integer() for f in dtype.inner.fields if f.name == "weight")
+    return None if ok else (f"messages has type {dtype}; expected list[struct[role: str, content: str]] "
+                            "(plus weight: int)")
 
 
 def _check_rows_schema(alive: pl.DataFrame) -> pl.DataFrame:
@@ -162,6 +169,27 @@ def _check_role_order(alive: pl.DataFrame) -> pl.DataFrame:
         "alternating from user, ending with assistant", roles.list.join(", "))
     return alive.with_columns(
         **_verdict(~codes.str.contains(_ROLE_ORDER), "bad_role_order", pl.lit("messages"), detail))
+
+
+def _check_weights(alive: pl.DataFrame) -> pl.DataFrame:
+    """invalid_weight, then no_supervised_tokens; rows without weights pass."""
+    if not any(f.name == "weight" for f in alive.schema["messages"].inner.fields):
+        return alive.with_columns(**_verdict(pl.lit(False), "invalid_weight", pl.lit(None), pl.lit(None)))
+    turn = pl.element().struct
+    role, weight = turn.field("role"), turn.field("weight")
+    invalid = pl.col("messages").list.eval(
+        (weight.is_not_null() & ((weight != 0) & (weight != 1) | (role != "assistant"))).fill_null(False))
+    first = invalid.list.arg_max()
+    at = pl.col("messages").list.get(first, null_on_oob=True).struct
+    trained = pl.col("messages").list.eval((role == "assistant") & (weight.is_null() | (weight != 0)))
+    return alive.with_columns(**_verdict(
+        invalid.list.any(), "invalid_weight", pl.format("messages[{}].weight", first),
+        pl.format("turn {} ({}) has weight {}; a weight must be 0 (context, not trained) or 1 "
+                  "(trained), on an assistant turn", first, at.field("role"), at.field("weight")),
+    )).with_columns(**{k: pl.coalesce(pl.col(k), v) for k, v in _verdict(
+        ~trained.list.any(), "no_supervised_tokens", pl.lit("messages"),
+        pl.lit("every assistant turn has weight 0, so no token of this row is trained on; "
+               "give the answers to learn weight 1 (or no weight)")).items()})
 
 
 def _check_empty_content(alive: pl.DataFrame) -> pl.DataFrame:
@@ -197,7 +225,9 @@ def _check_reserved(alive: pl.DataFrame, reserved: list[str], role_prefixes: lis
 
 
 def _render(tokenizer, conversations: list[list[dict]]) -> list[str]:
-    return tokenizer.apply_chat_template(conversations, tokenize=False)
+    # Templates see role and content only, as in training (chat_tokens): a weight is not text.
+    plain = [[{"role": m["role"], "content": m["content"]} for m in turns] for turns in conversations]
+    return tokenizer.apply_chat_template(plain, tokenize=False)
 
 
 def _slow_token_counts(tokenizer, texts: list[str]) -> list[int]:
