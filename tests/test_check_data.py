@@ -183,3 +183,60 @@ def test_config_sections_apply_and_max_length_overrides_them(tmp_path, capsys, t
     code, lines, _ = _run(capsys, str(data), "--config", str(config), "--max-length", "100000")
     assert code == 1 and [line.split(": ")[1] for line in lines[:-1]] == ["duplicate", "reserved_string"]
     assert not (tmp_path / "store").exists()  # a model folder needs no storage
+
+
+# --- data as written and per-turn weights (issue 11, points 1-3) ---
+
+
+def test_tsv_quotes_are_data_and_the_file_is_clean(tmp_path, capsys, tiny_model_dir):
+    data = tmp_path / "qa.tsv"
+    data.write_text('question\tanswer\n"Quoted" at the start of a question?\tIt starts with a quote.\n'
+                    'Is this a sign?\t"Keep out"\n', encoding="utf-8")
+    code, lines, _ = _run(capsys, str(data), "--model", str(tiny_model_dir))
+    assert (code, lines) == (0, [f"{data}: 2 rows checked, 0 problems"])
+
+
+def test_tsv_value_split_by_a_line_break_exits_2_naming_the_line(tmp_path, capsys, tiny_model_dir):
+    data = tmp_path / "qa.tsv"
+    data.write_text("question\tanswer\nIs it long?\tFirst line\nsecond line\n", encoding="utf-8")
+    code, lines, err = _run(capsys, str(data), "--model", str(tiny_model_dir))
+    assert code == 2 and lines == []
+    assert err.startswith(f"error: {data} line 3: 1 field, but the header has 2 (TSV has no quoting")
+
+
+def test_json_numbers_as_answers_are_clean_and_a_number_as_turn_content_is_not_a_string(
+        tmp_path, capsys, tiny_model_dir):
+    answers = tmp_path / "qa.jsonl"
+    answers.write_text("".join(f'{{"question": "Q{i}?", "answer": {a}}}\n'
+                               for i, a in enumerate(["2", "3.14", "9007199254740993", "19.90"])))
+    code, lines, _ = _run(capsys, str(answers), "--model", str(tiny_model_dir))
+    assert (code, lines) == (0, [f"{answers}: 4 rows checked, 0 problems"])
+
+    chat = _write_jsonl(tmp_path / "chat.jsonl", [
+        {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": 19.90}]},
+        {"messages": [{"role": "user", "content": "Q2?"}, {"role": "assistant", "content": "A."}]}])
+    code, lines, _ = _run(capsys, str(chat), "--model", str(tiny_model_dir), "--columns", "messages")
+    assert code == 1
+    assert lines[0] == (f"{chat} row 0, field messages[1].content: not_a_string: "
+                        "turn 1 (assistant) content is a number 19.9, expected text")
+
+
+def test_weight_and_turn_key_problems_are_reported_row_by_row(tmp_path, capsys, tiny_model_dir):
+    question, answer = {"role": "user", "content": "Capital of Australia?"}, {"role": "assistant"}
+    data = _write_jsonl(tmp_path / "chat.jsonl", [
+        {"messages": [question, {**answer, "content": "Sydney.", "weight": 0},
+                      {"role": "user", "content": "Sure?"}, {**answer, "content": "Canberra.", "weight": 1}]},
+        {"messages": [question, {**answer, "content": "Canberra.", "weight": 0.5}]},
+        {"messages": [{**question, "name": "ann"}, {**answer, "content": "Canberra."}]},
+        {"messages": [question, {**answer, "content": "Sydney.", "weight": 0}]},
+    ])
+    code, lines, _ = _run(capsys, str(data), "--model", str(tiny_model_dir), "--columns", "messages")
+    assert code == 1
+    assert [line.split(": ", 2)[:2] for line in lines[:-1]] == [
+        [f"{data} row 1, field messages[1].weight", "invalid_weight"],
+        [f"{data} row 2, field messages[0].name", "unknown_message_key"],
+        [f"{data} row 3, field messages", "no_supervised_tokens"],
+    ]
+    assert "turn 0 (user) has key 'name' \"ann\"" in lines[1]
+    assert lines[-1] == (f"{data}: 4 rows checked, 3 problems in 3 rows "
+                         "(invalid_weight 1, no_supervised_tokens 1, unknown_message_key 1)")

@@ -8,11 +8,19 @@ memory, writing nothing: download -> scan the raw text for reserved strings
   literal (``[EOS]`` ...), a special token of the model (``<|im_end|>``) or a
   role prefix (``User:``). The pipeline would rewrite or remove it, but the
   user should know it is in their data; the detail says what happens to it.
-- transform's rejects: ``missing_value``, ``bad_messages``;
+- transform's rejects: ``missing_value``, ``bad_messages``, and for a
+  messages column ``not_a_string`` (a turn's content is not text),
+  ``invalid_weight`` (a per-turn weight other than 0 or 1, or off an
+  assistant turn) and ``unknown_message_key`` (a turn key beyond role,
+  content and weight, e.g. ``name``);
 - validate's rejects on the sanitized rows: ``bad_schema``, ``bad_role_order``,
-  ``empty_content``, ``reserved_string`` (one sanitize leaves, e.g. a special
-  token with ``strip_model_special_tokens: false``; not repeated for a row the
-  raw scan already reported), ``too_long``, ``duplicate``.
+  ``no_supervised_tokens`` (every answer has weight 0), ``empty_content``,
+  ``reserved_string`` (one sanitize leaves, e.g. a special token with
+  ``strip_model_special_tokens: false``; not repeated for a row the raw scan
+  already reported), ``too_long``, ``duplicate``.
+
+The file is read by the pipeline's own readers, so what is checked is what
+would train: numbers in a JSON text field as written, ``"`` in TSV as data.
 
 Length is always judged as ``reject``: a row over ``max_length`` is reported
 as ``too_long`` even when the config truncates (the detail then says the
@@ -25,7 +33,8 @@ the file's column where the problem sits in one column (``answer``,
 ``messages[2].content`` for a messages column), and ``messages`` where it is
 about the whole conversation (role order, length, duplicates).
 
-Whole-file faults (malformed JSONL line, not UTF-8, empty, missing column)
+Whole-file faults (an unreadable line in any format, named by its line
+number; not UTF-8; empty; a missing column or one of floats mapped as text)
 raise ``DataError``. The CLI's exit codes: 0 clean, 1 problems found,
 2 unreadable file or bad arguments.
 """
