@@ -1,8 +1,14 @@
 """Plumbing every stage task shares: one cache key, results under the storage root.
 
 The cache key is a hash of the task's inputs (an ``ArtifactRef`` counts by its
-fingerprint, not its location), its parameters, and the code version: the
-source of the core ``mixtune`` modules it wraps plus the task's own lines.
+fingerprint, not its location), its parameters, the content of any model it
+loads (``mixtune.models.model_identity``), and the code version: the source of
+every ``mixtune`` module the task module imports, transitively, and the
+versions of the libraries that shape its output (``mixtune.storage.code_identity``).
+So an edit to ``mixtune/train/packing.py`` re-runs training, not data preparation.
+The artifact's fingerprint is that hash without the storage section
+(``content_key``), so it names content only; Prefect's cache key adds the
+storage section, one more place-to-look on top.
 Prefect's ``DEFAULT`` policy is not used: its RUN_ID would stop a sweep from
 reusing prepared data, and TASK_SOURCE misses edits in ``mixtune/``.
 
@@ -13,7 +19,6 @@ the root hits the same cache.
 
 from __future__ import annotations
 
-import inspect
 import re
 from pathlib import Path
 from types import ModuleType
@@ -23,17 +28,42 @@ from prefect import Task, task
 from prefect.context import TaskRunContext
 
 from mixtune.storage.artifacts import ArtifactStore, code_version, fingerprint, storage_options
-from mixtune.sections import StorageConfig
+from mixtune.models import model_identity
+from mixtune.sections import ModelConfig, StorageConfig
 
-_VERSIONS: dict[str, str] = {}
+
+class _CodeVersions(dict):
+    """Stage name -> code version, computed on a stage's first key: parsing the closure costs ~0.1 s a stage."""
+
+    def __missing__(self, name: str) -> str:
+        # This module only makes keys; the modules it imports to do so do not shape any stage's output.
+        self[name] = code_version(*_ROOTS[name], exclude=(__name__,))
+        return self[name]
+
+
+_ROOTS: dict[str, tuple[str, ...]] = {}  # stage name -> the modules its code version starts from
+_VERSIONS: dict[str, str] = _CodeVersions()
 _KEY_EXTRAS: dict[str, Callable[[dict[str, Any]], Any]] = {}
 _NOT_IN_KEY: dict[str, tuple[str, ...]] = {}
 
 
-def _key(name: str, parameters: dict[str, Any]) -> str:
+def content_key(name: str, parameters: dict[str, Any]) -> str:
+    """The artifact's content fingerprint: inputs, parameters and code, never where it is stored.
+
+    A storage section (root, endpoint, region, profile) says where to look, not
+    what to compute, so it is left out: the same data, seed and config give the
+    same fingerprint, hence the same shuffle seeds and the same model, on any root.
+    """
     extra = _KEY_EXTRAS[name](parameters) if name in _KEY_EXTRAS else None
-    keyed = {k: v for k, v in parameters.items() if k not in _NOT_IN_KEY.get(name, ())}
+    keyed = {k: (None if isinstance(v, StorageConfig) else v)
+             for k, v in parameters.items() if k not in _NOT_IN_KEY.get(name, ())}
     return f"{name}-{fingerprint(name, _VERSIONS[name], keyed, extra)}"
+
+
+def _key(name: str, parameters: dict[str, Any]) -> str:
+    """Prefect's cache key: the content key plus the storage it was written to (a place to look)."""
+    storages = [v for v in parameters.values() if isinstance(v, StorageConfig)]
+    return f"{content_key(name, parameters)}-{fingerprint(storages)[:12]}"
 
 
 def stage_task(
@@ -53,9 +83,9 @@ def stage_task(
     """
 
     def wrap(fn: Callable[..., Any]) -> Task:
-        _VERSIONS[name] = code_version(*core_modules) + fingerprint(inspect.getsource(fn))[:16]
-        if key_extra is not None:
-            _KEY_EXTRAS[name] = key_extra
+        _ROOTS[name] = (fn.__module__, *(m.__name__ for m in core_modules))
+        _VERSIONS.pop(name, None)
+        _KEY_EXTRAS[name] = _with_model_identity(key_extra)
         _NOT_IN_KEY[name] = not_in_key
         return task(
             fn,
@@ -72,12 +102,27 @@ def stage_task(
     return wrap
 
 
+def _with_model_identity(key_extra: Callable[[dict[str, Any]], Any] | None) -> Callable[[dict[str, Any]], Any]:
+    """The stage's own key extra plus the weights' identity of every ModelConfig parameter.
+
+    A config names a model by path or id; the identity (tiny corpus, GGUF hash, folder files) is
+    what changes when the weights behind that name do.
+    """
+
+    def extra(parameters: dict[str, Any]) -> Any:
+        models = [model_identity(v) for _, v in sorted(parameters.items()) if isinstance(v, ModelConfig)]
+        own = key_extra(parameters) if key_extra is not None else None
+        return own if not models else {"extra": own, "models": models}
+
+    return extra
+
+
 def current_key() -> str:
-    """The running stage's cache key; names the artifact folder it writes."""
+    """The running stage's content key (``content_key``); names the artifact folder it writes."""
     ctx = TaskRunContext.get()
     if ctx is None:
         raise RuntimeError("current_key() is only meaningful inside a running stage task")
-    return _key(ctx.task.name, ctx.parameters)
+    return content_key(ctx.task.name, ctx.parameters)
 
 
 def artifact_key(text: str) -> str:

@@ -13,6 +13,7 @@ Choices made automatically, each overridable in ``TrainConfig``:
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,7 @@ def save_trained(model: Any, tokenizer: Any, out_dir: Path, merge: bool) -> Path
     """Adapter (LoRA) or full weights plus tokenizer into ``out_dir``; merged model into merged/."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)  # adapter_model.safetensors for LoRA, model*.safetensors for full
+    _sort_target_modules(out_dir / "adapter_config.json")
     tokenizer.save_pretrained(out_dir)
     if not merge:
         return None
@@ -124,3 +126,13 @@ def save_trained(model: Any, tokenizer: Any, out_dir: Path, merge: bool) -> Path
     merged.save_pretrained(merged_dir)
     tokenizer.save_pretrained(merged_dir)
     return merged_dir
+
+
+def _sort_target_modules(config_path: Path) -> None:
+    """PEFT writes ``target_modules`` from a set, in hash order; sorted, the same run writes the same bytes."""
+    if not config_path.exists():
+        return
+    config = json.loads(config_path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
