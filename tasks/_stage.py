@@ -32,12 +32,17 @@ from mixtune.models import model_identity
 from mixtune.sections import ModelConfig, StorageConfig
 
 
+def stage_code_version(name: str) -> str:
+    """A registered stage's code version, computed now from the source on disk."""
+    # This module only makes keys; the modules it imports to do so do not shape any stage's output.
+    return code_version(*_ROOTS[name], exclude=(__name__,))
+
+
 class _CodeVersions(dict):
     """Stage name -> code version, computed on a stage's first key: parsing the closure costs ~0.1 s a stage."""
 
     def __missing__(self, name: str) -> str:
-        # This module only makes keys; the modules it imports to do so do not shape any stage's output.
-        self[name] = code_version(*_ROOTS[name], exclude=(__name__,))
+        self[name] = stage_code_version(name)
         return self[name]
 
 

@@ -15,7 +15,6 @@ are never written into a reference, a manifest or a log.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import io
 import json
 import shutil
@@ -29,6 +28,7 @@ from fsspec.core import url_to_fs
 from pydantic import BaseModel, Field
 
 from mixtune.sections import StorageConfig
+from mixtune.storage.code_identity import code_identity
 
 MANIFEST = "manifest.json"
 
@@ -49,9 +49,11 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot fingerprint {type(obj).__name__}")
 
 
-def code_version(*modules: ModuleType) -> str:
-    """Hash of the modules' source: an edit to the core stage code invalidates its cache."""
-    return fingerprint([inspect.getsource(m) for m in modules])[:16]
+def code_version(*modules: ModuleType | str, exclude: Iterable[str] = ()) -> str:
+    """Hash of the code the modules run: the source of every mixtune module they import,
+    transitively, and the versions of the libraries that shape their output (``code_identity``)."""
+    roots = [m if isinstance(m, str) else m.__name__ for m in modules]
+    return fingerprint(code_identity(roots, exclude=exclude))[:16]
 
 
 class ArtifactRef(BaseModel):
