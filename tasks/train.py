@@ -19,6 +19,7 @@ import mixtune.train.loop as core
 from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
 from mixtune.train.launch import build_launch
 from mixtune.sections import ModelConfig, StorageConfig
+from mixtune.train.checkpoints import upload_checkpoints
 from mixtune.train.config import TrainConfig
 from mixtune.tasks._stage import current_key, stage_task
 from mixtune.mix.sources import training_sources
@@ -68,7 +69,7 @@ def train(name: str, model: ModelConfig, manifest: ArtifactRef, split: ArtifactR
         summary = _run(job, work, store, checkpoints_uri)
         if not store.is_local:
             store.put_dir(str(out_dir), uri)
-            store.put_dir(str(ckpt_dir), checkpoints_uri)
+            upload_checkpoints(store, ckpt_dir, checkpoints_uri, cfg.checkpoints_kept)
     steps = pl.DataFrame({"step": range(1, len(summary["step_losses"]) + 1), "loss": summary["step_losses"]},
                          schema={"step": pl.Int64, "loss": pl.Float64})
     get_run_logger().info("train %s: %d steps, final loss %.4f, val loss %s", name, summary["final_step"],
@@ -120,13 +121,14 @@ def _progress(job: job_core.TrainJob):
 
 
 def _sync_checkpoints(job: job_core.TrainJob, store: ArtifactStore, checkpoints_uri: str):
-    """Copies each new checkpoint to a remote root, so another worker can resume it."""
+    """Copies each new checkpoint to a remote root (marker last, pruned to ``checkpoints_kept``),
+    so another worker can resume it."""
     every = job.cfg.checkpoint_every_steps
     if store.is_local or not every:
         return None
 
     def sync(report: core.StepReport) -> None:
         if report.step % every == 0:
-            store.put_dir(job.checkpoint_dir, checkpoints_uri)
+            upload_checkpoints(store, Path(job.checkpoint_dir), checkpoints_uri, job.cfg.checkpoints_kept)
 
     return sync

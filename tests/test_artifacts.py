@@ -59,3 +59,40 @@ def test_storage_options_carry_endpoint_but_never_keys(monkeypatch):
     assert opts == {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000", "region_name": "eu-west-1"}}
     assert "very-secret-value" not in json.dumps(opts) + cfg.model_dump_json()
     assert storage_options(StorageConfig(root="/tmp/x")) == {}
+
+
+def test_torn_manifest_counts_as_absent_with_a_warning_naming_it_and_is_recomputed(tmp_path, caplog):
+    store = ArtifactStore(StorageConfig(root=str(tmp_path / "root")))
+    frame = pl.DataFrame({"_row_id": [0, 1]})
+    ref = store.commit(stage="split", name="d", key="k" * 64, tables={"data": frame}, rows_in=2, rows_kept=2)
+    manifest_path = tmp_path / "root" / "split" / f"d-{'k' * 16}" / "manifest.json"
+    whole = manifest_path.read_bytes()
+    manifest_path.write_bytes(whole[: len(whole) // 2])  # what a crash or a full disk mid-write left
+    with caplog.at_level("WARNING", logger="mixtune.storage.artifacts"):
+        assert store.find("split", "d", "k" * 64) is None
+    assert str(manifest_path) in caplog.text and "recomputing" in caplog.text
+    with pytest.raises(ValueError, match="manifest.json: not valid JSON"):
+        store.manifest(ref)
+    assert store.commit(stage="split", name="d", key="k" * 64, tables={"data": frame}, rows_in=2,
+                        rows_kept=2) == ref
+    assert store.find("split", "d", "k" * 64) == ref
+    assert manifest_path.read_bytes() == whole
+
+
+def test_a_failed_write_leaves_the_old_file_whole_and_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    store = ArtifactStore(StorageConfig(root=str(tmp_path / "root")))
+    uri = store.uri("stage", "a", "manifest.json")
+    store.write_json(uri, {"version": 1})
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        store.write_json(uri, {"version": 2, "padding": "x" * 100_000})
+    monkeypatch.undo()
+    assert store.read_json(uri) == {"version": 1}
+    assert sorted(p.name for p in (tmp_path / "root" / "stage" / "a").iterdir()) == ["manifest.json"]

@@ -14,10 +14,14 @@ are never written into a reference, a manifest or a log.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import logging
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterable
@@ -31,6 +35,8 @@ from mixtune.sections import StorageConfig
 from mixtune.storage.code_identity import code_identity
 
 MANIFEST = "manifest.json"
+
+log = logging.getLogger(__name__)
 
 
 def fingerprint(*parts: Any) -> str:
@@ -116,11 +122,31 @@ class ArtifactStore:
         return self.fs.exists(self.fs_path(uri))
 
     def write_bytes(self, uri: str, data: bytes) -> None:
+        """Write a whole file atomically: a reader sees the old file, the new one, or none.
+
+        Locally the bytes go to a temporary file in the same folder, are synced
+        and renamed over the target (``os.replace``), so a crash or a full disk
+        never leaves a torn file. An S3 object is atomic by itself: a PUT or a
+        completed multipart upload, never half of one.
+        """
         path = self.fs_path(uri)
-        if self.is_local:
-            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with self.fs.open(path, "wb") as f:
-            f.write(data)
+        if not self.is_local:
+            with self.fs.open(path, "wb") as f:
+                f.write(data)
+            return
+        folder, name = path.rsplit("/", 1)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
     def read_bytes(self, uri: str) -> bytes:
         with self.fs.open(self.fs_path(uri), "rb") as f:
@@ -131,13 +157,36 @@ class ArtifactStore:
         self.write_bytes(uri, text.encode())
 
     def read_json(self, uri: str) -> Any:
-        return json.loads(self.read_bytes(uri))
+        """The parsed file; a file that does not parse raises ``ValueError`` naming the URI."""
+        try:
+            return json.loads(self.read_bytes(uri))
+        except ValueError as error:
+            raise ValueError(f"{uri}: not valid JSON ({error})") from error
 
     def put_dir(self, local_dir: str, uri: str) -> None:
         """Upload a local folder (a model, a report) to a URI under the root."""
         if self.is_local:
             self.fs.makedirs(self.fs_path(uri), exist_ok=True)
         self.fs.put(local_dir.rstrip("/") + "/", self.fs_path(uri).rstrip("/") + "/", recursive=True)
+
+    def put_file(self, local_path: str, uri: str) -> None:
+        """Upload one local file (streamed, not read into memory); atomic per object on S3."""
+        if self.is_local:
+            self.write_bytes(uri, Path(local_path).read_bytes())
+        else:
+            self.fs.put_file(local_path, self.fs_path(uri))
+
+    def list_names(self, uri: str) -> list[str]:
+        """Names of the entries directly under a folder URI; empty when it does not exist."""
+        path = self.fs_path(uri).rstrip("/")
+        self.fs.invalidate_cache(path)  # s3fs caches listings; another worker may have written since
+        if not self.fs.exists(path):
+            return []
+        return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(path, detail=False))
+
+    def remove(self, uri: str) -> None:
+        """Delete a file or a whole folder under the root."""
+        self.fs.rm(self.fs_path(uri), recursive=True)
 
     def get_dir(self, uri: str, local_dir: str) -> None:
         self.fs.get(self.fs_path(uri).rstrip("/") + "/", local_dir.rstrip("/") + "/", recursive=True)
@@ -187,7 +236,13 @@ class ArtifactStore:
         manifest_uri = f"{uri}/{MANIFEST}"
         if not self.exists(manifest_uri):
             return None
-        return ArtifactRef.model_validate(self.read_json(manifest_uri)["ref"])
+        try:
+            return ArtifactRef.model_validate(self.read_json(manifest_uri)["ref"])
+        except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError and ValidationError are ValueErrors
+            # A torn manifest (a crash or a full disk mid-write, before writes were atomic) is no result.
+            log.warning("%s does not parse (%s); treating the artifact as absent and recomputing it",
+                        manifest_uri, error)
+            return None
 
     def commit(
         self,

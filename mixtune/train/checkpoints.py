@@ -7,17 +7,25 @@ state of its own: step k always trains global batch k of the manifest.
 
 Layout, one folder per step under the checkpoint root:
 
-    step-000040/weights.safetensors  optimizer.pt  scheduler.pt  rng.pt  state.json
+    step-000040/weights.safetensors  optimizer.pt  scheduler.pt  rng.pt  state.json  complete.json
 
-``state.json`` is written last, and the folder is renamed from a ``.partial``
-name only when complete, so a crash mid-save never leaves a checkpoint that
-looks whole. ``state.json`` also carries a run key (config, model, manifest):
-resuming someone else's run fails loudly instead of mixing two runs.
+A checkpoint counts only when complete: ``complete.json`` is written last and
+lists every other file with its size and SHA-256. Sizes are checked whenever
+checkpoints are listed, hashes before one is restored; a checkpoint that fails
+either (a crash mid-save, an upload cut off by an outage, a truncated file) is
+skipped with a warning and the previous one is used. Locally the folder is
+also renamed from a ``.partial`` name only when whole; a remote copy
+(``upload_checkpoints``) sends the files first and the marker last, and keeps
+only the newest ``checkpoints_kept``. ``state.json`` also carries a run key
+(config, model, manifest): resuming someone else's run fails loudly instead
+of mixing two runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import random
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -31,6 +39,9 @@ from safetensors.torch import load_file, save_file
 from mixtune.train.model import load_trainable_state, trainable_state
 
 STATE_FILE = "state.json"
+COMPLETE_FILE = "complete.json"  # written last: {file name: {"bytes": size, "sha256": hex digest}}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,6 +86,8 @@ def save_checkpoint(root: Path, state: RunState, model: torch.nn.Module, optimiz
     torch.save(scheduler.state_dict(), partial / "scheduler.pt")
     torch.save(_rng_state(), partial / "rng.pt")
     (partial / STATE_FILE).write_text(json.dumps(asdict(state)))
+    files = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(partial.iterdir())}
+    (partial / COMPLETE_FILE).write_text(json.dumps(files, indent=2, sort_keys=True))
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
     for old in list_checkpoints(root)[:-keep]:
@@ -82,22 +95,61 @@ def save_checkpoint(root: Path, state: RunState, model: torch.nn.Module, optimiz
     return final
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_problem(folder: Path, check_hashes: bool = False) -> str | None:
+    """Why ``folder`` is not a complete checkpoint (marker missing, a file missing or of the wrong
+    size or, with ``check_hashes``, content); None when it is whole."""
+    try:
+        files = json.loads((folder / COMPLETE_FILE).read_text())
+    except FileNotFoundError:
+        return f"no {COMPLETE_FILE} (the save or upload did not finish)"
+    except ValueError:
+        return f"{COMPLETE_FILE} does not parse"
+    for name, expected in sorted(files.items()):
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, {expected['bytes']} expected"
+        if check_hashes and _sha256(path) != expected["sha256"]:
+            return f"{name} does not match its SHA-256"
+    return None
+
+
+def _step_folders(root: Path) -> list[Path]:
+    folders = [p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".partial")]
+    return sorted(folders, key=lambda p: int(p.name.split("-")[1]))
+
+
 def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Complete checkpoints (marker present, every size right), oldest first."""
     if not root.exists():
         return []
-    done = [p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".partial")
-            and (p / STATE_FILE).exists()]
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+    return [p for p in _step_folders(root) if checkpoint_problem(p) is None]
 
 
 def load_latest(root: Path, run_key: str, model: torch.nn.Module, optimizer: Any,
                 scheduler: Any) -> RunState | None:
-    """Restore the newest checkpoint into model, optimizer, scheduler and RNGs; None if there is none."""
-    checkpoints = list_checkpoints(root)
-    if not checkpoints:
+    """Restore the newest whole checkpoint into model, optimizer, scheduler and RNGs; None if there is none.
+
+    A newer folder that is not whole (sizes or hashes wrong) is skipped with a
+    warning naming it and why, and the one before it is used.
+    """
+    latest = None
+    for folder in reversed(_step_folders(root) if root.exists() else []):
+        if (problem := checkpoint_problem(folder, check_hashes=True)) is None:
+            latest = folder
+            break
+        log.warning("checkpoint %s is incomplete (%s); skipping it", folder, problem)
+    if latest is None:
         return None
-    latest = checkpoints[-1]
     raw = json.loads((latest / STATE_FILE).read_text())
     if raw["run_key"] != run_key:
         raise ValueError(f"{latest} belongs to another run (different config, model or manifest); "
@@ -108,3 +160,29 @@ def load_latest(root: Path, run_key: str, model: torch.nn.Module, optimizer: Any
     scheduler.load_state_dict(torch.load(latest / "scheduler.pt", weights_only=True))
     _set_rng_state(torch.load(latest / "rng.pt", weights_only=False))  # python/numpy states are tuples
     return RunState(**raw)
+
+
+def upload_checkpoints(store: Any, local_root: Path, remote_uri: str, keep: int) -> None:
+    """Copy the newest ``keep`` whole checkpoints to ``remote_uri``; prune the remote copies to them.
+
+    ``store`` is an ``ArtifactStore``. Each folder goes file by file, its
+    ``complete.json`` last, so an upload cut short (an S3 outage) leaves a
+    folder without a marker, which ``list_checkpoints`` never picks. Folders
+    already marked remotely are not sent again. Afterwards every remote
+    ``step-*`` folder but the newest ``keep`` marked ones is removed.
+    """
+    def marked(name: str) -> bool:
+        return store.exists(f"{remote_uri}/{name}/{COMPLETE_FILE}")
+
+    for folder in list_checkpoints(local_root)[-keep:]:
+        target = f"{remote_uri}/{folder.name}"
+        if marked(folder.name):
+            continue
+        for file in sorted(folder.iterdir()):
+            if file.name != COMPLETE_FILE:
+                store.put_file(str(file), f"{target}/{file.name}")
+        store.put_file(str(folder / COMPLETE_FILE), f"{target}/{COMPLETE_FILE}")
+    remote = [name for name in store.list_names(remote_uri) if name.startswith("step-")]
+    whole = sorted((name for name in remote if marked(name)), key=lambda n: int(n.split("-")[1].split(".")[0]))
+    for name in set(remote) - set(whole[-keep:]):
+        store.remove(f"{remote_uri}/{name}")
