@@ -21,6 +21,7 @@ from mixtune.mix.manifest import (
     SHARE_SCALE,
     MixRepeatWarning,
     MixSource,
+    MixUnsampledWarning,
     build_manifest,
     share_units,
     stratified_counts,
@@ -51,6 +52,7 @@ def demo_sources() -> list[MixSource]:
 def build(spec, sources, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MixRepeatWarning)
+        warnings.simplefilter("ignore", MixUnsampledWarning)
         return build_manifest(spec, sources, **kw)
 
 
@@ -179,6 +181,45 @@ def test_mix_repeat_at_the_limit_does_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error", MixRepeatWarning)
         assert build_manifest(spec, sources, global_batch_size=16, max_steps=8).warnings == []
+
+
+# --- a part of the mix that gets nothing ---
+
+
+def test_category_with_a_tiny_weight_that_gets_no_sample_warns_in_the_plan():
+    spec = MixSpec(domain_percent=50, weights={"math": 1, "code": 0.001})
+    sources = [make_source("dom", "domain", 500), make_source("gsm", "math", 500, first_id=1000),
+               make_source("mbpp", "code", 500, first_id=2000)]
+    with pytest.warns(MixUnsampledWarning) as caught:
+        plan = plan_mix(spec, sources, global_batch_size=16, max_steps=8)
+    assert plan.frame.filter(pl.col("source") == "mbpp")["realized_samples"].to_list() == [0]
+    message = ("category 'code' (weight 0.001) gets no sample in this run of 8 batches x 16 = 128 samples: "
+               "its planned share is 0.06 samples; raise its weight, train longer, or leave it out of the mix")
+    assert [str(w.message) for w in caught] == [message] and plan.warnings == [message]
+    assert f"warnings:\n  - {message}" in plan.to_text()
+    # a longer run gives it its share: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MixUnsampledWarning)
+        warnings.simplefilter("ignore", MixRepeatWarning)
+        longer = build_manifest(spec, sources, global_batch_size=16, max_steps=800)
+    assert longer.summary.filter(pl.col("source") == "mbpp")["realized_samples"].item() > 0
+
+
+def test_source_that_gets_no_sample_beside_a_large_one_in_its_category_warns():
+    spec = MixSpec(domain_percent=50, weights={"code": 1})
+    sources = [make_source("dom", "domain", 500), make_source("big", "code", 100_000, first_id=1000),
+               make_source("small", "code", 10, first_id=200_000)]
+    with pytest.warns(MixUnsampledWarning, match=r"source 'small' \(category 'code'\) gets no sample"):
+        manifest = build_manifest(spec, sources, global_batch_size=16, max_steps=4)
+    assert len(manifest.warnings) == 1
+
+
+def test_tiny_domain_share_that_gets_no_sample_warns():
+    spec = MixSpec(domain_percent=0.01, weights={"code": 1})
+    sources = [make_source("dom", "domain", 500), make_source("code", "code", 500, first_id=1000)]
+    with pytest.warns(MixUnsampledWarning, match=r"the domain data \(domain_percent 0.01\) gets no sample .* "
+                                                 r"raise domain_percent"):
+        build_manifest(spec, sources, global_batch_size=16, max_steps=4)
 
 
 # --- determinism ---

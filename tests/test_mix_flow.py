@@ -83,3 +83,13 @@ def test_cli_mix_plan_prints_json_plan(mix_config, tmp_path, capsys):
     plan = json.loads(out[out.index("{"):])
     assert json.dumps(plan).count("gsm8k-small") >= 1
     assert any("gsm8k-small" in w for w in plan["warnings"])
+
+
+def test_category_that_gets_no_sample_is_warned_in_the_manifest_and_the_run_log(mix_config, caplog):
+    tiny_weight = mix_config.model_copy(deep=True)
+    tiny_weight.mix = tiny_weight.mix.model_copy(update={"weights": {"math": 3, "code": 0.001}})
+    with caplog.at_level("WARNING"):
+        ref = mix_only(tiny_weight, "code-0.001")
+    warning = ("category 'code' (weight 0.001) gets no sample in this run of 25 batches x 8 = 200 samples")
+    assert any(w.startswith(warning) for w in ArtifactStore(mix_config.storage).manifest(ref)["warnings"])
+    assert any(f"mix code-0.001: {warning}" in r.getMessage() for r in caplog.records)

@@ -41,17 +41,13 @@ from typing import Any, Sequence
 import numpy as np
 import polars as pl
 
-from mixtune.mix.summary import summarize
+from mixtune.mix.summary import MixRepeatWarning, MixUnsampledWarning, summarize  # noqa: F401 (re-exported)
 from mixtune.mix.spec import DOMAIN, MixSpec, source_fractions
 
 SHARE_SCALE = 1 << 30  # shares are integers out of this; products stay well inside int64
 MAX_PLANNED_SAMPLES = 1 << 31  # keeps every product below inside int64
 _BLOCK_BATCHES = 4096  # batches whose floors are computed at once (bounds memory)
 _EPOCH_DRAW_ROWS = 1 << 16  # a small source draws this many rows of epochs per call
-
-
-class MixRepeatWarning(UserWarning):
-    """A source is repeated more often than ``mix.warn_repeat_factor``."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +85,8 @@ def build_manifest(
     least that many passes over their train rows (in token units: their tokens).
     Sources of categories the spec leaves out are ignored. Raises ValueError
     naming the source or category at fault; warns (MixRepeatWarning, and in
-    ``.warnings``) for each source repeated more than ``spec.warn_repeat_factor``.
+    ``.warnings``) for each source repeated more than ``spec.warn_repeat_factor``,
+    and (MixUnsampledWarning) for a category or source asked for that gets no sample.
     """
     if global_batch_size < 1:
         raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
@@ -143,9 +140,9 @@ def build_manifest(
         available_tokens=[int(t.sum()) for t in tokens],
         global_batch_size=global_batch_size,
     )
-    for note in notes:
-        warnings.warn(note, MixRepeatWarning, stacklevel=2)
-    return MixManifest(schedule=schedule, summary=summary, warnings=notes, totals=totals)
+    for category, note in notes:
+        warnings.warn(note, category, stacklevel=2)
+    return MixManifest(schedule=schedule, summary=summary, warnings=[n for _, n in notes], totals=totals)
 
 
 def _checked_table(source: MixSource) -> tuple[np.ndarray, np.ndarray]:
