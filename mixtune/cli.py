@@ -3,6 +3,7 @@
     mixtune demo                          # the offline demo, end to end
     mixtune run CONFIG                    # prepare -> mix -> train -> evaluate -> compare
     mixtune sweep CONFIG [--domain-percent 100,75,50,25]   # several mixes, one report
+    mixtune sweep CONFIG --mixes deployments/sweeps/category-mixes.yaml   # a deployment's sweep file
     mixtune prepare CONFIG                # download -> ... -> split, cached
     mixtune config check CONFIG           # print the resolved config, or every bad key
     mixtune mix plan CONFIG [--json]      # the planned mix, without training
@@ -10,6 +11,14 @@
 
 The core library has no Prefect import; commands that run flows import them
 lazily so ``config check`` and ``check-data`` start fast.
+
+Commands that run flows create every folder they use by default before first
+use (Prefect home, Hugging Face cache, log folder; the storage root and the
+MLflow store are created where they are opened), and write a log file under
+``.mixtune/logs/`` (``mixtune.console``). A user-facing error is printed once,
+as the last line, with exit code 2; its traceback is in that log file, or on
+the console with ``--verbose``. A finished run prints ``DONE_MARKER`` and the
+report's path as its last line (CI looks for it).
 """
 
 from __future__ import annotations
@@ -18,12 +27,19 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Any, Callable
 
 import yaml
+from pydantic import Field, ValidationError, model_validator
 
-from mixtune.errors import MixtuneError
+from mixtune import console
+from mixtune.errors import ConfigError, MixtuneError
 from mixtune.resources import DEMO_CONFIG
+from mixtune.sections import StrictModel
+
+DONE_MARKER = "done: report at"
+# `mixtune demo` keeps everything it writes under this folder of the working directory.
+DEMO_HOME = Path(".mixtune")
 
 # What the offline demo needs everywhere; a user's own environment wins.
 _OFFLINE_DEFAULTS = {
@@ -38,6 +54,8 @@ _RUN_DEFAULTS = {
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    # MLflow's INFO lines ("Creating initial MLflow database tables...") tell a user nothing.
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
     # Progress bars of every library interleave in a flow's log; Prefect shows progress instead.
     "TQDM_DISABLE": "1",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -49,10 +67,33 @@ def _set_defaults(defaults: dict[str, str]) -> None:
         os.environ.setdefault(key, value)
 
 
+def _ensure_folders() -> None:
+    """Prefect's home and the Hugging Face cache, parents included, before Prefect or HF starts.
+
+    Prefect creates its home without parents and, when that fails, waits 90 s
+    for an API that cannot start. Unset variables mean each library's own
+    default (``~/.prefect``, ``~/.cache/huggingface``), which keeps a user's
+    Prefect profile (and its API URL) and shared model cache in force.
+    """
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    defaults = {"PREFECT_HOME": Path.home() / ".prefect", "HF_HOME": cache / "huggingface"}
+    for variable, default in defaults.items():
+        Path(os.environ.get(variable) or default).expanduser().mkdir(parents=True, exist_ok=True)
+
+
+def _start_flows(args: argparse.Namespace, *, evaluating: bool) -> None:
+    """Console routing and this command's log file; call once Prefect is imported."""
+    args.log_file = console.default_log_file(args.command)
+    console.setup(args.log_file, verbose=args.verbose, evaluating=evaluating)
+
+
 def _cmd_config_check(args: argparse.Namespace) -> int:
     from mixtune.config import load_config
 
+    from mixtune.preflight import check_config
+
     cfg = load_config(args.config)
+    check_config(cfg)  # the model, its tokenizer and the eval tasks exist: found now, not after prepare
     print(yaml.safe_dump(cfg.dump(), sort_keys=False, allow_unicode=True), end="")
     return 0
 
@@ -61,9 +102,11 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from mixtune.config import load_config
 
     _set_defaults(_RUN_DEFAULTS)
+    _ensure_folders()
     cfg = load_config(args.config)
     from mixtune.flows.prepare import prepare
 
+    _start_flows(args, evaluating=False)
     prepared = prepare(cfg)
     _print_prepared(prepared)
     return 0
@@ -83,12 +126,14 @@ def _cmd_mix_plan(args: argparse.Namespace) -> int:
     from mixtune.config import load_config
 
     _set_defaults(_RUN_DEFAULTS)
+    _ensure_folders()
     cfg = load_config(args.config)
     from mixtune.flows.prepare import prepare
     from mixtune.storage.artifacts import ArtifactStore
     from mixtune.mix.plan import plan_mix
     from mixtune.mix.sources import mix_sources, run_size
 
+    _start_flows(args, evaluating=False)
     prepared = prepare(cfg)
     sources = mix_sources(ArtifactStore(cfg.storage), prepared.split, prepared.categories)
     plan = plan_mix(cfg.mix, sources, **run_size(cfg.train))
@@ -100,30 +145,139 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from mixtune.config import load_config
 
     _set_defaults(_RUN_DEFAULTS)
-    cfg = load_config(args.config)
-    from mixtune.flows.pipeline import pipeline
+    _ensure_folders()
+    return _run_pipeline(args, load_config(args.config))
 
+
+def _run_pipeline(args: argparse.Namespace, cfg) -> int:
+    from mixtune.flows.pipeline import pipeline
+    from mixtune.preflight import check_config
+
+    check_config(cfg)
+    _start_flows(args, evaluating=True)
     result = pipeline(cfg, train_deployment=args.train_deployment)
-    _print_where(cfg, result.report, result.mlflow_run_id)
+    _print_where(cfg, result.report, result.mlflow_run_id, args.log_file)
     return 0
+
+
+class SweepParameters(StrictModel):
+    """A sweep parameters file: the ``sweep`` flow's arguments besides the config.
+
+    The same YAML file drives ``mixtune sweep CONFIG --mixes FILE`` and, as
+    JSON, ``prefect deployment run sweep/mixtune-sweep --params`` (see
+    deployments/sweeps/). Neither list set means the default grid (domain 100,
+    75, 50, 25 percent).
+    """
+
+    domain_percents: list[Annotated[float, Field(gt=0, le=100)]] | None = Field(
+        None, min_length=1, description="a grid: the config's weights at each domain share (percent)")
+    mixes: list[dict[str, Any]] | None = Field(
+        None, min_length=1, description="explicit mixes, each a `mix:` section (native or cloud-SDK form)")
+    max_concurrency: int = Field(1, ge=1, description="mixes trained at once")
+
+    @model_validator(mode="after")
+    def _grid_or_mixes(self) -> "SweepParameters":
+        if self.domain_percents is not None and self.mixes is not None:
+            raise ValueError("set domain_percents (a grid) or mixes, not both")
+        return self
+
+
+def read_sweep_file(path: str | Path) -> dict[str, Any]:
+    """A sweep parameters file as keyword arguments of the ``sweep`` flow.
+
+    Returns ``{"domain_percents": [float] | None, "mixes": [dict] | None,
+    "max_concurrency": int}``. Raises ConfigError naming the file and every
+    bad key (unknown keys included) when it does not parse.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"file not found: {path}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"<root>: expected a mapping with keys {', '.join(SweepParameters.model_fields)}, "
+                           f"got {type(data).__name__}"], str(path))
+    try:
+        return SweepParameters.model_validate(data).model_dump()
+    except ValidationError as exc:
+        raise ConfigError([_problem(e) for e in exc.errors()], str(path)) from None
+
+
+def _problem(err: dict[str, Any]) -> str:
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".") or "<root>"
+    return f"{path}: unknown key" if err["type"] == "extra_forbidden" else f"{path}: {err['msg']}"
+
+
+def _domain_percents(text: str) -> list[float]:
+    try:
+        return [float(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 100,75,50,25; got {text!r}")
+
+
+def _sweep_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """The file's parameters, with --domain-percent and --max-concurrency taking precedence."""
+    params = read_sweep_file(args.mixes) if args.mixes else SweepParameters().model_dump()
+    if args.domain_percent is not None:
+        if params["mixes"] is not None:
+            raise ConfigError([f"--domain-percent: {args.mixes} lists explicit mixes; use one or the other"])
+        params["domain_percents"] = args.domain_percent
+    if args.max_concurrency is not None:
+        params["max_concurrency"] = args.max_concurrency
+    # The flag's values pass through the same checks as the file's.
+    try:
+        return SweepParameters.model_validate(params).model_dump()
+    except ValidationError as exc:
+        raise ConfigError([_problem(e) for e in exc.errors()], "sweep parameters") from None
+
+
+def check_sweep_mixes(cfg, params: dict[str, Any], source: str) -> None:
+    """Every mix the sweep would run is a valid mix of this config's catalog; else one ConfigError."""
+    from mixtune.flows.sweep import sweep_mixes
+    from mixtune.mix.spec import check_mix_against_catalog
+
+    # One mix at a time, so a problem names its entry: "mixes[2]: weights.mathh: unknown category".
+    if params["mixes"] is not None:
+        entries = {f"mixes[{i}]": {"mixes": [mix]} for i, mix in enumerate(params["mixes"])}
+    else:
+        percents = params["domain_percents"]
+        entries = {f"domain_percents[{i}]": {"domain_percents": [p]} for i, p in enumerate(percents)} \
+            if percents else {"the default grid": {}}
+    domain_sources = [s.name for s in cfg.data.sources]
+    problems: list[str] = []
+    for where, entry in entries.items():
+        try:
+            specs = sweep_mixes(cfg.mix, **entry)
+        except ValidationError as exc:
+            problems += [f"{where}: {_problem(e)}" for e in exc.errors()]
+            continue
+        found = [p for spec in specs for p in check_mix_against_catalog(spec, cfg.categories, domain_sources)]
+        problems += [f"{where}: {p.removeprefix('mix.')}" for p in dict.fromkeys(found)]
+    if problems:
+        raise ConfigError(problems, source)
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from mixtune.config import load_config
 
     _set_defaults(_RUN_DEFAULTS)
+    _ensure_folders()
+    params = _sweep_parameters(args)
     cfg = load_config(args.config)
     from mixtune.flows.sweep import sweep
+    from mixtune.preflight import check_config
 
-    percents = [float(p) for p in args.domain_percent.split(",")] if args.domain_percent else None
-    mixes = yaml.safe_load(open(args.mixes)) if args.mixes else None
-    result = sweep(cfg, domain_percents=percents, mixes=mixes, max_concurrency=args.max_concurrency,
-                   train_deployment=args.train_deployment)
-    _print_where(cfg, result.report, result.mlflow_run_id)
+    check_sweep_mixes(cfg, params, args.mixes or "sweep parameters")
+    check_config(cfg)
+    _start_flows(args, evaluating=True)
+    result = sweep(cfg, **params, train_deployment=args.train_deployment)
+    _print_where(cfg, result.report, result.mlflow_run_id, args.log_file)
     return 0
 
 
-def _print_where(cfg, report, mlflow_run_id: str) -> None:
+def _print_where(cfg, report, mlflow_run_id: str, log_file: Path | None = None) -> None:
     """Where the user looks next: the report, the Prefect UI, the MLflow UI."""
     from mixtune.storage.artifacts import ArtifactStore
     from mixtune.tracking import tracking_uri
@@ -132,19 +286,34 @@ def _print_where(cfg, report, mlflow_run_id: str) -> None:
     print(store.read_bytes(f"{report.uri}/report.md").decode())
     uri = tracking_uri(cfg.tracking, cfg.storage)
     api = os.environ.get("PREFECT_API_URL")
-    print(f"report:    {report.uri}/report.md (and report.html, pareto.png)")
     print(f"prefect:   {api.removesuffix('/api') if api else 'run `prefect server start` to browse flow runs (ephemeral API used)'}")
     mlflow_ui = uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
     print(f"mlflow:    {mlflow_ui}  (parent run {mlflow_run_id})")
+    if log_file is not None:
+        print(f"log:       {log_file}")
+    # Last, and alone on its line: CI (.ci/run) checks that a run ends with it.
+    print(f"{DONE_MARKER} {report.uri}/report.md (also report.html, pareto.png)", flush=True)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    """The shipped demo config, with everything it writes under ./.mixtune of the working directory.
+
+    The config's own storage root is relative to the config file, which in a
+    plain ``pip install`` sits inside site-packages: the demo overrides it, and
+    the Prefect home and HF cache default beside it (a set variable wins).
+    """
+    from mixtune.config import load_config
+
+    home = DEMO_HOME.resolve()
     _set_defaults(_OFFLINE_DEFAULTS)
+    _set_defaults({**_RUN_DEFAULTS, "PREFECT_HOME": str(home / "prefect"), "HF_HOME": str(home / "hf")})
+    _ensure_folders()
     if not DEMO_CONFIG.exists():
         raise MixtuneError(f"demo config not found at {DEMO_CONFIG}: the installed package is incomplete")
+    cfg = load_config(DEMO_CONFIG, overrides={"storage": {"root": str(home / "store")}})
     args.config = str(DEMO_CONFIG)
     args.train_deployment = None
-    return _cmd_run(args)
+    return _run_pipeline(args, cfg)
 
 
 def _cmd_check_data(args: argparse.Namespace) -> int:
@@ -159,41 +328,49 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mixtune", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Fine-tune on your data blended with curated general data; check nothing was forgotten.",
         epilog="examples:\n" + examples)
+    verbose_help = "print tracebacks of mixtune errors on the console too (flow commands always log them)"
+    parser.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
+    # Accepted after the command as well; SUPPRESS keeps a flag given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="run the offline demo on the shipped data and tiny model")
+    p = sub.add_parser("demo", parents=[common], help="run the offline demo on the shipped data, "
+                                                         "writing under ./.mixtune")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("run", help="run the whole pipeline for one mix")
+    p = sub.add_parser("run", parents=[common], help="run the whole pipeline for one mix")
     p.add_argument("config")
     p.add_argument("--train-deployment", help="run training as this Prefect deployment (e.g. train/mixtune-train)")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("sweep", help="run several mixes and compare them (default: domain 100,75,50,25)")
+    p = sub.add_parser("sweep", parents=[common], help="run several mixes and compare them (default: domain 100,75,50,25)")
     p.add_argument("config")
-    p.add_argument("--domain-percent", help="comma-separated domain shares, e.g. 100,75,50,25")
-    p.add_argument("--mixes", help="YAML file with a list of mixes ({domain_percent, weights} each)")
-    p.add_argument("--max-concurrency", type=int, default=1, help="mixes trained at once")
+    p.add_argument("--domain-percent", type=_domain_percents, help="comma-separated domain shares, e.g. 100,75,50,25")
+    p.add_argument("--mixes", metavar="FILE",
+                   help="sweep parameters file, as in deployments/sweeps/: domain_percents (a grid) or mixes "
+                        "(a list of `mix:` sections), and max_concurrency; the flags here take precedence")
+    p.add_argument("--max-concurrency", type=int, help="mixes trained at once (default 1)")
     p.add_argument("--train-deployment", help="run training as this Prefect deployment")
     p.set_defaults(func=_cmd_sweep)
 
-    p = sub.add_parser("prepare", help="run the prepare flow for a config")
+    p = sub.add_parser("prepare", parents=[common], help="run the prepare flow for a config")
     p.add_argument("config")
     p.set_defaults(func=_cmd_prepare)
 
     config = sub.add_parser("config", help="config tools").add_subparsers(dest="config_command", required=True)
-    p = config.add_parser("check", help="validate a config and print it resolved")
+    p = config.add_parser("check", parents=[common], help="validate a config and print it resolved")
     p.add_argument("config")
     p.set_defaults(func=_cmd_config_check)
 
     mix = sub.add_parser("mix", help="mix tools").add_subparsers(dest="mix_command", required=True)
-    p = mix.add_parser("plan", help="print the planned mix (shares, samples, tokens, repeats) without training")
+    p = mix.add_parser("plan", parents=[common], help="print the planned mix (shares, samples, tokens, repeats) without training")
     p.add_argument("config")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=_cmd_mix_plan)
 
     p = sub.add_parser(
-        "check-data", help="report problems in a data file row by row; writes nothing",
+        "check-data", parents=[common], help="report problems in a data file row by row; writes nothing",
         description="Report reserved strings, schema and length problems row by row, as "
                     "'FILE row N, field F: reason: detail' (N: 0-based record index). Writes nothing, "
                     "except that the demo's tiny model is built once into the demo store when it is "
@@ -215,12 +392,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; exit code 0 done, 2 a user-facing error (printed once, last).
+
+    Any other exception propagates with its traceback: it is a bug to report.
+    """
     args = build_parser().parse_args(argv)
+    args.log_file = None  # set by commands that run flows
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except MixtuneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        console.report_error(exc, args.log_file, verbose=args.verbose)
         return 2
 
 

@@ -161,3 +161,10 @@ def log_realized_mix(mlflow, manifest: ArtifactRef, storage: StorageConfig) -> N
             params[f"realized_mix.{label}.{field.removeprefix('realized_')}"] = row[field]
     mlflow.log_params(params)
     mlflow.log_table(summary.to_pandas(), artifact_file="mix/realized_mix.json")
+
+
+def run_url(tracking_uri_: str, experiment_id: str, run_id: str) -> str | None:
+    """The MLflow UI page of a run when the tracking URI is a server (http/https); None for a file store."""
+    if not tracking_uri_.startswith(("http://", "https://")):
+        return None
+    return f"{tracking_uri_.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
