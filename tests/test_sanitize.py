@@ -121,6 +121,27 @@ def test_messages_content_sanitized_and_other_fields_kept():
                            "reserved_literals": {"messages": 1}, "role_prefixes": {"messages": 1}}
 
 
+def test_messages_as_json_text_are_sanitized_on_their_content_not_their_escapes():
+    # In JSON text "\\nUser:" hides the word boundary before "User:"; contents are what trains.
+    rows = ['[{"role": "user", "content": "Hi.\\nUser: again <unk>"}, {"role": "assistant", "content": "ok", '
+            '"weight": 1.0}]',
+            '[{"role": "user", "content": "clean"},  {"role": "assistant", "content": "x", "weight": 1.0}]',
+            None]
+    frame = pl.DataFrame({"conv": rows})
+    result = sanitize(frame, SanitizeConfig(), ["conv"], TOKENS)
+    assert result.frame["conv"].to_list() == [
+        '[{"role": "user", "content": "Hi.\\nUser : again "}, {"role": "assistant", "content": "ok", '
+        '"weight": 1.0}]',
+        rows[1], None]  # an unchanged row is left byte for byte; numbers keep their written form
+    assert result.hits["role_prefixes"] == {"conv": 1} and result.hits["reserved_literals"] == {"conv": 1}
+
+
+def test_text_opening_with_a_bracket_is_still_plain_text():
+    frame = pl.DataFrame({"q": ["[Note] User: hi", '[{"role": "user", "content": "User: x"}]']})
+    result = sanitize(frame, SanitizeConfig(), ["q"], TOKENS)
+    assert result.frame["q"].to_list() == ["[Note] User : hi", '[{"role": "user", "content": "User : x"}]']
+
+
 def test_sanitize_keeps_every_row_in_order_and_skips_absent_columns():
     texts = [f"row {i} User: <unk>" if i % 3 == 0 else None if i % 7 == 0 else f"row {i}"
              for i in range(50)]

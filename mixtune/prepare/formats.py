@@ -234,6 +234,19 @@ def _json_array_records(text: str, uri: str) -> tuple[list[dict], list[int]]:
         raise DataError(uri, "not valid JSON after the array")  # pragma: no cover - decode raised
 
 
+def parse_json_text(text: str) -> object:
+    """One JSON value, numbers keeping their written form (``json_text`` writes it back exactly).
+
+    Raises ``json.JSONDecodeError`` or ``ValueError`` (a key twice in one object).
+    """
+    return _DECODER.decode(text)
+
+
+def json_text(value: object) -> str:
+    """JSON text of a parsed value with every number as written in the file."""
+    return _json_text(value)
+
+
 def _decode_whole(text: str, uri: str) -> object:
     try:
         return _DECODER.decode(text)

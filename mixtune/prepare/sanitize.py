@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from mixtune.prepare.formats import json_text, parse_json_text
 from mixtune.sections import (
     InstructionColumns,
     LabelColumns,
@@ -193,7 +194,8 @@ def sanitize(
     special_tokens: list[str],
 ) -> SanitizeResult:
     """Apply the rules to each text column (a string column, or the ``content`` of every
-    turn of a list-of-struct messages column); count hits per rule and column.
+    turn of a messages column: list-of-struct, or JSON text of a list of turns); count hits
+    per rule and column.
 
     Columns that are absent or hold no text (numbers, booleans) are skipped: a missing
     mapped column is reported by transform, with the file name and the columns present.
@@ -207,7 +209,9 @@ def sanitize(
         if column not in frame.columns:
             continue
         series = frame.get_column(column)
-        if series.dtype == pl.String:
+        if series.dtype == pl.String and (conversations := _json_turns(series)) is not None:
+            new_series, counts = _sanitize_json_messages(series, conversations, rules)
+        elif series.dtype == pl.String:
             new_series, counts = _sanitize_strings(series, rules)
         elif _is_messages_dtype(series.dtype):
             new_series, counts = _sanitize_messages(series, rules)
@@ -280,3 +284,47 @@ def _sanitize_messages(series: pl.Series, rules: list[Rule]) -> tuple[pl.Series,
     )
     merged = pl.concat([untouched, rebuilt.cast({"turn": series.dtype})]).sort("row")
     return merged.get_column("turn").alias(series.name), counts
+
+
+def _json_turns(series: pl.Series) -> list[list[dict] | None] | None:
+    """Each value parsed, when every value is JSON text of a list of turn objects; else None.
+
+    A messages column arrives as JSON text from CSV or Parquet, or from JSON when its turns do
+    not share one type. Its contents must be sanitized as text, not as JSON text: in
+    ``"...\\nUser: hi"`` the escape hides the word boundary before ``User:``.
+    """
+    values = series.drop_nulls()
+    if values.len() == 0 or not values.str.strip_chars_start().str.starts_with("[").all():
+        return None  # cheap: prose rarely opens with "[" on every row
+    parsed: list[list[dict] | None] = []
+    for text in series.to_list():
+        try:
+            value = parse_json_text(text) if text is not None else None
+        except ValueError:  # json.JSONDecodeError included: transform names it per row
+            return None
+        if text is not None and not (isinstance(value, list) and all(
+                isinstance(turn, dict) and "content" in turn for turn in value)):
+            return None
+        parsed.append(value)
+    return parsed
+
+
+def _sanitize_json_messages(series: pl.Series, conversations: list[list[dict] | None],
+                            rules: list[Rule]) -> tuple[pl.Series, dict[str, int]]:
+    """The rules on each turn's text content; a changed row is written back as JSON text
+    (numbers as they were written), an unchanged row is left byte for byte."""
+    places = [(row, turn) for row, turns in enumerate(conversations) for turn, message in enumerate(turns or ())
+              if isinstance(message["content"], str)]
+    contents = pl.Series([conversations[row][turn]["content"] for row, turn in places], dtype=pl.String)
+    new_contents, counts = _sanitize_strings(contents, rules)
+    if not any(counts.values()):
+        return series, counts
+    texts = series.to_list()
+    changed = set()
+    for (row, turn), old, new in zip(places, contents.to_list(), new_contents.to_list()):
+        if new != old:
+            conversations[row][turn]["content"] = new
+            changed.add(row)
+    for row in changed:
+        texts[row] = json_text(conversations[row])
+    return pl.Series(series.name, texts, dtype=pl.String), counts
