@@ -106,7 +106,8 @@ def small_config(default: dict, s3_url: str, mlflow_url: str) -> dict:
         "columns": {"kind": "prompt_response", "prompt": "question", "response": "answer"},
         "max_rows": 40, "license": "MIT"}]}
     config["mix"] = dict(MIX)
-    config["model"]["tiny"]["vocab_size"] = 512
+    config["model"] = {"name_or_path": "mixtune:tiny",  # the tiny test model, trained on the demo data
+                       "tiny": {"vocab_size": 512, "corpus_files": [config["data"]["sources"][0]["uri"]]}}
     config["train"] |= {"global_batch_size": 8, "per_device_batch_size": 8, "max_length": 256, "max_steps": 6,
                         "warmup_steps": 1, "logging_steps": 2, "checkpoint_every_steps": 3}
     config["storage"] = {"root": f"s3://{BUCKET}/runs", "endpoint_url": s3_url, "region": "us-east-1"}

@@ -39,7 +39,7 @@ def demo_like_config(tmp_path: Path, data: Path, **sections) -> dict:
                               "system_prompt": "Be careful."}]},
         "validate": {"max_length": 512, "on_too_long": "truncate", "max_reject_percent": 10},
         "split": {"group_column": "focus"},
-        "model": {"tiny": {"vocab_size": 400, "corpus_files": [str(data)]}},
+        "model": {"name_or_path": "mixtune:tiny", "tiny": {"vocab_size": 400, "corpus_files": [str(data)]}},
         "storage": {"root": str(tmp_path / "store")},
         **sections,
     }

@@ -81,3 +81,7 @@ def test_real_model_trains_a_few_lora_steps(real_model_dir, tmp_path):
     assert result.final_step == steps and len(result.step_losses) == steps
     assert result.step_losses[-1] < result.step_losses[0]  # the same 8 rows: the loss must fall
     assert (tmp_path / "adapter_config.json").exists() and (tmp_path / "adapter_model.safetensors").exists()
+    card = (tmp_path / "README.md").read_text()
+    sha256 = gguf.source_info(real_model_dir)["sha256"]
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card  # hub metadata names the release
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in card and sha256[:12] in card and "Q4_1 quantization" in card

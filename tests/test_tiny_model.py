@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import tiny_model_config
 from mixtune.storage.artifacts import ArtifactStore
-from mixtune.sections import ModelConfig, StorageConfig
+from mixtune.sections import TINY_MODEL, ModelConfig, StorageConfig
 from mixtune.models.tiny import build_tiny_model, resolve_model
 
 
@@ -30,7 +30,7 @@ def test_tiny_model_loads_like_a_hub_model_with_chat_template(tiny_model_dir):
 
 def test_resolve_model_builds_once_into_storage_root(tmp_path):
     store = ArtifactStore(StorageConfig(root=str(tmp_path / "store")))
-    model = ModelConfig(tiny=tiny_model_config())
+    model = ModelConfig(name_or_path=TINY_MODEL, tiny=tiny_model_config())
     first = Path(resolve_model(model, store))
     assert first.parent == tmp_path / "store" / "models" and (first / "config.json").exists()
     mtime = (first / "model.safetensors").stat().st_mtime_ns

