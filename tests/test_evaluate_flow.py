@@ -24,6 +24,7 @@ from mixtune.eval.compare import (
     GENERAL_DEGRADED,
     GENERAL_RETAINED,
     IF_DEGRADED,
+    INCONCLUSIVE_VERDICT,
 )
 from mixtune.config import MixtuneConfig, parse_config
 from mixtune.eval.benchmarks import PROJECT_DATA_DIR
@@ -45,7 +46,7 @@ EVAL = {
                       {"name": "ifeval", "limit": 3, "max_gen_toks": 8}],
     "domain": {"max_rows": 6, "max_new_tokens": 8, "batch_size": 6},
 }
-VERDICTS = {BOTH_IMPROVED, DOMAIN_BELOW_TARGET, GENERAL_DEGRADED, GENERAL_RETAINED, IF_DEGRADED}
+HEADINGS = (BOTH_IMPROVED, GENERAL_RETAINED, GENERAL_DEGRADED, IF_DEGRADED, DOMAIN_BELOW_TARGET, INCONCLUSIVE_VERDICT)
 
 
 def commit_lora_artifact(cfg: MixtuneConfig, name: str) -> ArtifactRef:
@@ -144,41 +145,73 @@ async def _artifact_data(key: str) -> str:
 
 
 def test_compare_writes_the_report_verdicts_prefect_artifacts_and_mlflow(runs):
+    from mlflow import MlflowClient
+
     cfg, _, base, tuned, _ = runs
     tracking = TrackingConfig(experiment="compare-test")
     with mlflow_run(tracking, cfg.storage, "sweep") as parent:
         parent_id = parent.info.run_id
+        for mix in ("mix-a", "unchanged"):  # what mix-run leaves behind: a child run per mix
+            with mlflow_run(tracking, cfg.storage, mix, parent_run_id=parent_id):
+                pass
     base_refs = [base.result().general, base.result().domain]
     (compare_,) = bind(cfg.storage, compare)
-    # "unchanged" is the base's own evaluation: every delta 0, so its verdict is known exactly.
+    # "unchanged" is the base's own evaluation: every paired change is 0 with a zero-width interval,
+    # so its verdict is known exactly: general retained, domain below the target (no gain).
     ref = compare_(base_refs, {"mix-a": [tuned.result().general, tuned.result().domain], "unchanged": base_refs},
                    cfg.eval, cfg.storage, tracking, parent_id)
 
     store = ArtifactStore(cfg.storage)
-    verdicts = store.manifest(ref)["verdicts"]
-    assert verdicts["unchanged"] == DOMAIN_BELOW_TARGET
-    assert verdicts["mix-a"] in VERDICTS
+    manifest = store.manifest(ref)
+    verdicts = manifest["verdicts"]
+    assert verdicts["unchanged"] == f"{DOMAIN_BELOW_TARGET}: domain ROUGE-L"
+    assert verdicts["mix-a"].startswith(HEADINGS)
+    checks = {c["metric"]: c for c in manifest["checks"]["unchanged"]}
+    assert checks["domain/rouge_l"]["outcome"] == "below target"
+    assert checks["arc_challenge/acc_norm"]["outcome"] == "retained"  # 3 items, identical: a certain zero
+    recommendation = manifest["recommendation"]
+    assert recommendation["kind"] in ("ship", "none", "inconclusive") and recommendation["sentence"]
     table = store.read_table(ref, "comparison")
     assert table["run"].to_list() == ["base", "mix-a", "unchanged"]
-    assert table["verdict"].to_list() == ["base", verdicts["mix-a"], DOMAIN_BELOW_TARGET]
+    assert table["verdict"].to_list() == ["base", verdicts["mix-a"], verdicts["unchanged"]]
+    assert table["arc_challenge/acc_norm n"].to_list() == [3, 3, 3] and table["domain_n"].to_list() == [6, 6, 6]
+    assert table.row(2, named=True)["domain_ci_low"] == 0.0 == table.row(2, named=True)["domain_ci_high"]
     markdown = store.read_bytes(f"{ref.uri}/report.md").decode()
+    assert markdown.splitlines()[2] == f"**{recommendation['sentence']}**"
     assert verdicts["mix-a"] in markdown and "| unchanged |" in markdown
+    assert "| run | verdict | domain ROUGE-L (n=6) | ARC-Challenge acc_norm (n=3) |" in markdown
     assert store.read_bytes(f"{ref.uri}/pareto.png")[:8] == b"\x89PNG\r\n\x1a\n"
     assert "data:image/png;base64," in store.read_bytes(f"{ref.uri}/report.html").decode()
 
-    assert DOMAIN_BELOW_TARGET in asyncio.run(_artifact_data("mix-comparison"))
+    pane = asyncio.run(_artifact_data("mix-comparison"))
+    assert pane.startswith(f"**{recommendation['sentence']}**")
+    assert "| run | verdict |" in pane and f"Report with plot: `{ref.uri}/report.html`" in pane
+    assert f"MLflow parent run: `{parent_id}`" in pane  # a file store has no UI address
     scores_rows = json.loads(asyncio.run(_artifact_data("mix-scores")))
     assert [(r["run"], r["verdict"]) for r in scores_rows] == list(zip(table["run"], table["verdict"]))
-
-    from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri(tracking, cfg.storage))
     logged = client.get_run(parent_id).data
     assert logged.metrics["unchanged/delta/domain"] == 0.0
     assert logged.metrics["mix-a/domain"] == pytest.approx(table["domain"][1])
-    assert logged.tags["verdict.unchanged"] == DOMAIN_BELOW_TARGET
+    assert logged.tags["verdict.unchanged"] == verdicts["unchanged"]
+    assert logged.tags["recommendation"] == recommendation["sentence"]
+    assert logged.tags["mlflow.note.content"].startswith(f"**{recommendation['sentence']}**")
     assert {a.path for a in client.list_artifacts(parent_id, "comparison")} == {
         "comparison/report.md", "comparison/report.html", "comparison/pareto.png"}
+    experiment = client.get_experiment_by_name("compare-test")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the runs table
+    children = {r.info.run_name: r for r in client.search_runs(
+        [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")}
+    unchanged = children["unchanged"].data
+    assert unchanged.tags["verdict"] == verdicts["unchanged"] and unchanged.tags["recommended"] == "no"
+    assert unchanged.tags["checks_failed"] == "domain/rouge_l"
+    assert unchanged.metrics["vs_base/domain/rouge_l/delta"] == 0.0
+    assert unchanged.metrics["vs_base/domain/rouge_l/n"] == 6.0
+    mix_a = children["mix-a"].data
+    assert mix_a.tags["verdict"] == verdicts["mix-a"]
+    assert mix_a.metrics["vs_base/arc_challenge/acc_norm/delta"] == pytest.approx(table["arc_challenge/acc_norm delta"][1])
+    assert {"vs_base/general/ci_low", "vs_base/general/ci_high"} <= set(mix_a.metrics)
 
 
 def test_local_model_files_follow_the_training_method(tmp_path):
