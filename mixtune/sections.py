@@ -31,10 +31,20 @@ class StrictModel(BaseModel):
 
     Pydantic's own error text leaves the input out (``hide_input_in_errors``): a
     refused URI may hold a password, and tracebacks end up in logs.
-    ``mixtune.config`` shows the input itself where it is safe.
+    ``mixtune.config`` shows the input itself where it is safe. No number may
+    be infinite or NaN (``allow_inf_nan``): ``learning_rate: .inf`` trains NaN.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True,
+                              allow_inf_nan=False)
+
+
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds are 32-bit safe; a larger int would overflow one of them
+
+
+def seed_field(what: str):
+    """A seed: an integer in [0, 2**32 - 1]."""
+    return Field(0, ge=0, le=MAX_SEED, description=f"seeds {what}; an integer in [0, {MAX_SEED}]")
 
 
 # --- URIs never carry credentials ---
@@ -266,17 +276,17 @@ class SanitizeConfig(StrictModel):
 
 
 class ValidateConfig(StrictModel):
-    max_length: int = Field(1024, gt=0, description="tokens, chat template included")
+    max_length: int = Field(1024, gt=0, le=1_048_576, description="tokens, chat template included; in [1, 2**20]")
     on_too_long: Literal["reject", "truncate"] = "reject"
     drop_duplicates: bool = True
-    max_reject_percent: float = Field(5.0, ge=0, le=100, description="fail the run above this")
+    max_reject_percent: float = Field(5.0, ge=0, le=100, description="fail the run above this percent, in [0, 100]")
 
 
 class SplitConfig(StrictModel):
-    train: float = Field(0.8, ge=0, le=1)
-    val: float = Field(0.1, ge=0, le=1)
-    test: float = Field(0.1, ge=0, le=1)
-    seed: int = 0
+    train: float = Field(0.8, ge=0, le=1, description="share of groups in the train split, in [0, 1]")
+    val: float = Field(0.1, ge=0, le=1, description="share in the val split, in [0, 1]")
+    test: float = Field(0.1, ge=0, le=1, description="share in the test split, in [0, 1]")
+    seed: int = seed_field("the split assignment")
     stratify_column: str | None = None
     group_column: str | None = Field(None, description="rows sharing a value stay in one split")
 
@@ -294,14 +304,15 @@ class SplitConfig(StrictModel):
 class TinyModelConfig(StrictModel):
     """The offline demo model: Llama-shaped, built from a config, tokenizer trained on local text."""
 
-    vocab_size: int = Field(2048, ge=300, description="BPE target; the trained vocab may be smaller")
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    max_position_embeddings: int = 2048
-    seed: int = 0
+    vocab_size: int = Field(2048, ge=300, le=262_144, description="BPE target in [300, 262144]; the trained "
+                            "vocab may be smaller")
+    hidden_size: int = Field(64, gt=0, le=16_384, description="in [1, 16384]")
+    intermediate_size: int = Field(128, gt=0, le=65_536, description="in [1, 65536]")
+    num_hidden_layers: int = Field(2, gt=0, le=128, description="in [1, 128]")
+    num_attention_heads: int = Field(4, gt=0, le=256, description="in [1, 256]")
+    num_key_value_heads: int = Field(2, gt=0, le=256, description="in [1, 256]")
+    max_position_embeddings: int = Field(2048, gt=0, le=1_048_576, description="tokens, in [1, 2**20]")
+    seed: int = seed_field("the weight initialisation")
     corpus_files: list[str] = Field(
         default_factory=list, description="local text/JSONL files the tokenizer is trained on"
     )

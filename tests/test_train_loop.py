@@ -255,3 +255,17 @@ def test_two_processes_train_like_one(tiny_model_dir, frames, manifest, tmp_path
 
     two = json.loads((tmp_path / "two" / "losses.json").read_text())
     assert two == pytest.approx(single.step_losses, rel=1e-5)
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_learning_rate(tiny_model_dir, frames, manifest,
+                                                                          tmp_path):
+    from mixtune.errors import MixtuneError
+
+    # config check refuses such a rate; a run handed one anyway (an API caller, a deployment) must stop.
+    cfg = _cfg(checkpoint_every_steps=1).model_copy(update={"learning_rate": 1e30})
+    steps: list[float] = []
+    with pytest.raises(MixtuneError, match=r"training diverged at step 2: the loss is (nan|inf).*learning rate"):
+        _run(tiny_model_dir, frames, manifest, tmp_path / "out", cfg, checkpoint_dir=tmp_path / "ck",
+             on_step_end=lambda r: steps.append(r.loss))
+    assert len(steps) == 1  # step 1 (finite) finished; nothing after it
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()

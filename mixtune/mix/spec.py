@@ -28,7 +28,7 @@ import yaml
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from mixtune.errors import ConfigError
-from mixtune.sections import SourceConfig, StrictModel
+from mixtune.sections import SourceConfig, StrictModel, seed_field
 
 DOMAIN = "domain"  # the category name the manifest gives domain sources; reserved
 CATEGORY_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
@@ -67,13 +67,17 @@ _NOVA_KEY = re.compile(r"nova_(.+)_percent")
 _PASSTHROUGH_KEYS = ("unit", "batching", "seed", "warn_repeat_factor")
 
 
+MAX_WEIGHT = 1e6  # weights are relative: a ratio beyond a million to one is a typo, and 1e308 + 1e308 overflows
+
+
 def _finite_non_negative(v: float) -> float:
-    if not math.isfinite(v) or v < 0:
-        raise ValueError(f"a weight must be a finite number >= 0, got {v}")
+    if not math.isfinite(v) or not 0 <= v <= MAX_WEIGHT:
+        raise ValueError(f"a weight must be a finite number >= 0 and <= {MAX_WEIGHT:g}, got {v}")
     return v
 
 
-Weight = Annotated[float, AfterValidator(_finite_non_negative)]
+# allow_inf_nan here only lets the check below give its own message, which states the range.
+Weight = Annotated[float, Field(allow_inf_nan=True), AfterValidator(_finite_non_negative)]
 
 
 class MixSpec(StrictModel):
@@ -110,16 +114,17 @@ class MixSpec(StrictModel):
     """
 
     domain_percent: float = Field(
-        100.0, description="percent of every batch from the domain data, in (0, 100]"
+        100.0, allow_inf_nan=True,  # refused by the check below, with a message stating the range
+        description="percent of every batch from the domain data, in (0, 100]"
     )
     weights: dict[str, Weight] = Field(
-        default_factory=dict, description="category -> relative weight (>= 0), normalized"
+        default_factory=dict, description=f"category -> relative weight in [0, {MAX_WEIGHT:g}], normalized"
     )
     unit: Literal["samples", "tokens"] = Field("samples", description="what shares count")
     batching: Literal["stratified"] = "stratified"
-    seed: int = Field(0, description="seeds every source's row order")
+    seed: int = seed_field("every source's row order")
     warn_repeat_factor: float = Field(
-        4.0, gt=0, description="warn when a source is repeated more often than this"
+        4.0, gt=0, le=1e6, description="warn when a source is repeated more often than this, in (0, 1e6]"
     )
 
     @model_validator(mode="before")
@@ -325,10 +330,26 @@ def resolve_local(uri: str, base: Path) -> str:
 
 
 def check_mix_against_catalog(
-    mix: MixSpec, categories: dict[str, list[SourceConfig]], domain_source_names: list[str]
+    mix: MixSpec, categories: dict[str, list[SourceConfig]], domain_source_names: list[str],
+    planned_samples: int | None = None,
 ) -> list[str]:
-    """Problems (as 'key.path: message') between a mix, its catalog and the domain sources."""
+    """Problems (as 'key.path: message') between a mix, its catalog and the domain sources.
+
+    With ``planned_samples`` (max_steps x global_batch_size) and ``unit: samples``,
+    the domain and every weighted category must get at least one sample: a share
+    that rounds to nothing (``domain_percent: 1e-300``) is refused, not trained as 0.
+    """
     problems = []
+    if planned_samples is not None and mix.unit == "samples":
+        shares = {"mix.domain_percent": mix.domain_percent / 100}
+        rest = 1 - mix.domain_percent / 100
+        shares |= {f"mix.weights.{name}": rest * w for name, w in mix.category_weights().items()}
+        for key, share in shares.items():
+            if share * planned_samples < 1:
+                problems.append(
+                    f"{key}: gives {share * planned_samples:.3g} of the {planned_samples:,} planned samples "
+                    f"(train.max_steps x train.global_batch_size); raise it so it gets at least one sample"
+                    + ("" if key == "mix.domain_percent" else ", or set it to 0 to leave the category out"))
     known = ", ".join(sorted(categories)) or "(none: set catalog or categories)"
     for name in sorted(mix.category_weights()):
         if name not in categories:
@@ -361,7 +382,9 @@ def resolve_catalog(cfg: Any, base: Path) -> None:
             cfg.categories = merge_catalogs(load_catalog(cfg.catalog), cfg.categories)
         except (ValueError, ValidationError) as exc:
             raise ConfigError([f"categories: {exc}"]) from None
-    problems = check_mix_against_catalog(cfg.mix, cfg.categories, [s.name for s in cfg.data.sources])
+    train = cfg.train
+    planned = train.max_steps * train.global_batch_size if train.max_steps is not None else None
+    problems = check_mix_against_catalog(cfg.mix, cfg.categories, [s.name for s in cfg.data.sources], planned)
     if problems:
         raise ConfigError(problems)
 

@@ -18,9 +18,14 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from mixtune.errors import ConfigError
-from mixtune.sections import StrictModel
+from mixtune.sections import StrictModel, seed_field
 
 DEFAULT_MAX_STEPS = 100
+# Upper bounds that keep the manifest (one row per planned sample) in memory and on disk:
+# 100 million samples is ~1.6 GB of manifest, far beyond any fine-tuning run this tool is for.
+MAX_STEPS = 10_000_000
+MAX_PLANNED_SAMPLES = 100_000_000
+MAX_EPOCHS = 10_000
 
 # LoRA targets per model_type: attention projections first, then the MLP ones
 # (used with lora.include_mlp). Fused projections (phi3, gpt_neox, falcon) name the fused module.
@@ -41,9 +46,11 @@ LORA_TARGETS: dict[str, tuple[list[str], list[str]]] = {
 
 
 class LoraSettings(StrictModel):
-    rank: int = Field(16, gt=0, description="LoRA rank r (dimensions of the low-rank update)")
-    alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator; the update is scaled by alpha / rank")
-    dropout: float = Field(0.05, ge=0, lt=1, description="dropout probability on the LoRA input")
+    rank: int = Field(16, gt=0, le=65_536, description="LoRA rank r (dimensions of the low-rank update), "
+                      "in [1, 65536]")
+    alpha: float = Field(32.0, gt=0, le=1e6, description="LoRA scaling numerator; the update is scaled by "
+                         "alpha / rank; in (0, 1e6]")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout probability on the LoRA input, in [0, 1)")
     target_modules: list[str] | None = Field(
         None, description="module names to adapt; null: the defaults for the model's architecture"
     )
@@ -55,29 +62,36 @@ class LoraSettings(StrictModel):
 class TrainConfig(StrictModel):
     method: Literal["lora", "full"] = Field("lora", description="lora: train an adapter; full: every weight")
     lora: LoraSettings = Field(default_factory=LoraSettings)
-    learning_rate: float = Field(2e-4, gt=0, description="peak AdamW learning rate (per optimizer step)")
-    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warmup from 0 to the peak")
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="peak AdamW learning rate (per optimizer step), "
+                                 "in (0, 1]")
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description=f"optimizer steps of linear warmup from 0 to "
+                              f"the peak, in [0, {MAX_STEPS:,}]")
     scheduler: Literal["linear", "cosine", "constant"] = Field(
         "cosine", description="learning-rate decay after warmup, to 0 at the last step (constant: none)"
     )
-    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay per step (fraction)")
-    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the global gradient L2 norm; null: no clipping")
-    global_batch_size: int = Field(16, gt=0, description="examples per optimizer step, all devices together")
-    per_device_batch_size: int = Field(4, gt=0, description="examples per forward pass on one device")
+    weight_decay: float = Field(0.0, ge=0, le=10, description="AdamW decoupled weight decay per step "
+                                "(fraction, times the learning rate), in [0, 10]")
+    max_grad_norm: float | None = Field(1.0, gt=0, le=1e6, description="clip the global gradient L2 norm, "
+                                        "in (0, 1e6]; null: no clipping")
+    global_batch_size: int = Field(16, gt=0, le=1_048_576, description="examples per optimizer step, all "
+                                   "devices together, in [1, 2**20]")
+    per_device_batch_size: int = Field(4, gt=0, le=1_048_576, description="examples per forward pass on one "
+                                       "device, in [1, 2**20]")
     max_length: int | None = Field(
-        None, gt=0, description="tokens per example; null: validate.max_length, the limit rows were checked "
+        None, gt=0, le=1_048_576, description="tokens per example, in [1, 2**20]; null: validate.max_length, the limit rows were checked "
         "against (a run config fills it in and refuses a smaller value); a longer example is cut, counted, and "
         "its cut answer not supervised"
     )
     max_steps: int | None = Field(
-        None, gt=0, description=f"optimizer steps (the manifest holds this many global batches); "
+        None, gt=0, le=MAX_STEPS, description=f"optimizer steps (the manifest holds this many global batches), "
+        f"in [1, {MAX_STEPS:,}], and max_steps x global_batch_size at most {MAX_PLANNED_SAMPLES:,} samples; "
         f"{DEFAULT_MAX_STEPS} when neither max_steps nor epochs is set"
     )
     epochs: float | None = Field(
-        None, gt=0, description="passes over the domain train split, instead of max_steps; the manifest "
-        "is sized to it and training runs every batch of the manifest"
+        None, gt=0, le=MAX_EPOCHS, description=f"passes over the domain train split, instead of max_steps, in "
+        f"(0, {MAX_EPOCHS:g}]; the manifest is sized to it and training runs every batch of the manifest"
     )
-    seed: int = Field(0, description="seeds LoRA init, dropout and any other randomness")
+    seed: int = seed_field("LoRA init, dropout and any other randomness")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 on a CUDA device that supports it, fp32 otherwise (always on CPU)"
     )
@@ -85,14 +99,18 @@ class TrainConfig(StrictModel):
     attention: Literal["auto", "packed_sdpa", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto", description="auto: flash_attention_2 on CUDA if installed, else packed_sdpa (packing) or sdpa"
     )
-    logging_steps: int = Field(10, gt=0, description="optimizer steps between metric reports")
+    logging_steps: int = Field(10, gt=0, le=MAX_STEPS, description="optimizer steps between metric reports, "
+                               f"in [1, {MAX_STEPS:,}]")
     eval_every_steps: int | None = Field(
-        None, gt=0, description="optimizer steps between validation losses; null: only after the last step"
+        None, gt=0, le=MAX_STEPS, description=f"optimizer steps between validation losses, in [1, {MAX_STEPS:,}]; "
+        "null: only after the last step"
     )
     checkpoint_every_steps: int | None = Field(
-        100, gt=0, description="optimizer steps between checkpoints; null: no checkpoints (no resume)"
+        100, gt=0, le=MAX_STEPS, description=f"optimizer steps between checkpoints, in [1, {MAX_STEPS:,}]; "
+        "null: no checkpoints (no resume)"
     )
-    checkpoints_kept: int = Field(2, gt=0, description="newest checkpoints kept on disk; older ones are removed")
+    checkpoints_kept: int = Field(2, gt=0, le=1000, description="newest checkpoints kept, in [1, 1000], on disk "
+                                  "and on a remote root; older ones are removed")
     merge_adapter: bool = Field(False, description="also save base + adapter merged into merged/ (LoRA only)")
     liger: Literal["auto", "off"] = Field(
         "auto", description="Liger fused linear cross-entropy: auto = on with CUDA and liger-kernel installed, "
@@ -114,6 +132,11 @@ class TrainConfig(StrictModel):
             problems.append("set max_steps or epochs, not both")
         if self.global_batch_size % self.per_device_batch_size:
             problems.append(_accumulation_problem(self.global_batch_size, self.per_device_batch_size, 1))
+        if self.max_steps is not None and self.max_steps * self.global_batch_size > MAX_PLANNED_SAMPLES:
+            problems.append(
+                f"max_steps x global_batch_size = {self.max_steps:,} x {self.global_batch_size:,} = "
+                f"{self.max_steps * self.global_batch_size:,} planned samples, above the limit of "
+                f"{MAX_PLANNED_SAMPLES:,} (the manifest holds one row per sample); lower max_steps")
         if self.method == "full" and self.merge_adapter:
             problems.append("merge_adapter applies to method 'lora' only (full training saves full weights)")
         if problems:

@@ -33,6 +33,7 @@ from typing import Any, Callable
 import polars as pl
 import torch
 
+from mixtune.errors import MixtuneError
 from mixtune.storage.artifacts import fingerprint
 from mixtune.train.checkpoints import RunState, load_latest, save_checkpoint
 from mixtune.train.model_card import write_model_card
@@ -141,6 +142,7 @@ def train(model_path: str, train_frames: dict[str, pl.DataFrame], manifest: pl.D
         stats = _train_step(forward_model, token_loss, examples, devices.shard.take(rows), sources, cfg, pad_id,
                             devices, autocast, timer)
         grad_norm = _clip(model, cfg.max_grad_norm)
+        lr_used = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -148,6 +150,8 @@ def train(model_path: str, train_frames: dict[str, pl.DataFrame], manifest: pl.D
         timer.stop(devices)
         loss_sums, supervised, real_tokens, samples, truncated = stats.tolist()
         step_loss = sum(loss_sums) / sum(supervised) if sum(supervised) else float("nan")
+        if sum(supervised) and not math.isfinite(step_loss):
+            _diverged(step_index + 1, step_loss, grad_norm, lr_used, cfg)
 
         state.step = step_index + 1
         state.step_losses.append(step_loss)
@@ -244,6 +248,14 @@ def evaluate_loss(model: Any, token_loss: "TokenLoss", chats: list, cfg: TrainCo
         loss_sum, tokens = loss_sum + float(losses.float().sum()), tokens + losses.numel()
     model.train(was_training)
     return loss_sum / tokens if tokens else float("nan")
+
+
+def _diverged(step: int, loss: float, grad_norm: float, lr: float, cfg: TrainConfig) -> None:
+    """Stop a run whose loss is no longer a number: every later step, and the saved model, would be garbage."""
+    raise MixtuneError(
+        f"training diverged at step {step}: the loss is {loss} (gradient norm {grad_norm:g}, learning rate "
+        f"{lr:g} at this step, train.learning_rate {cfg.learning_rate:g}); nothing was saved after the last "
+        "checkpoint. Lower train.learning_rate, add train.warmup_steps, or set train.max_grad_norm")
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -1,0 +1,113 @@
+"""Impossible configs are refused by `mixtune config check`: numbers out of range, a missing model or
+tokenizer, an unknown benchmark. Each case is a value a fault-injection run accepted before."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mixtune.cli import main
+from mixtune.sections import MAX_SEED
+from mixtune.train.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data" / "medquad" / "medquad.jsonl"
+
+
+def _check(tmp_path: Path, capsys, **sections) -> tuple[int, str]:
+    """Run `mixtune config check` on the tiny-model config with these sections merged in."""
+    raw = {"data": {"sources": [{"name": "med", "uri": str(DATA),
+                                 "columns": {"kind": "prompt_response", "prompt": "question", "response": "answer"}}]},
+           "model": {"name_or_path": "mixtune:tiny", "tiny": {"corpus_files": [str(DATA)]}},
+           "eval": {"offline": True, "general_tasks": ["arc_easy"]},
+           "categories": {"math": [{"name": "gsm8k-small",
+                                    "uri": str(REPO / "data/categories/math/gsm8k_train_first300.jsonl"),
+                                    "columns": {"kind": "prompt_response", "prompt": "question",
+                                                "response": "answer"}}]},
+           "train": {"max_steps": 10, "global_batch_size": 16}}
+    for name, section in sections.items():
+        raw[name] = {**raw.get(name, {}), **section} if isinstance(section, dict) else section
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    code = main(["config", "check", str(path)])
+    return code, capsys.readouterr().err
+
+
+def test_a_sound_config_passes(tmp_path, capsys):
+    code, err = _check(tmp_path, capsys, mix={"domain_percent": 50, "weights": {"math": 1}})
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(("sections", "named"), [
+    ({"train": {"learning_rate": float("inf")}}, "train.learning_rate"),
+    ({"train": {"learning_rate": float("nan")}}, "train.learning_rate"),
+    ({"train": {"learning_rate": 3.0}}, "train.learning_rate"),
+    ({"train": {"epochs": float("inf"), "max_steps": None}}, "train.epochs"),
+    ({"train": {"max_steps": 1e12}}, "train.max_steps"),
+    ({"train": {"max_steps": int(1e8)}}, "train.max_steps"),
+    # Within max_steps' own range, but 1.6e8 manifest rows: the product is refused.
+    ({"train": {"max_steps": 10_000_000}}, "max_steps x global_batch_size"),
+    ({"train": {"max_grad_norm": float("inf")}}, "train.max_grad_norm"),
+    ({"train": {"seed": MAX_SEED + 1}}, "train.seed"),
+    ({"mix": {"domain_percent": 1e-300, "weights": {"math": 1}}}, "mix.domain_percent"),
+    ({"mix": {"domain_percent": 50, "weights": {"math": 1e308, "code": 1e308}}}, "mix.weights.math"),
+    ({"mix": {"domain_percent": 50, "weights": {"math": float("inf")}}}, "mix.weights.math"),
+    ({"mix": {"domain_percent": 99.999, "weights": {"math": 1}}}, "mix.weights.math"),
+    ({"split": {"seed": -1}}, "split.seed"),
+    ({"validate": {"max_reject_percent": float("nan")}}, "validate.max_reject_percent"),
+])
+def test_impossible_numbers_are_refused_naming_the_field(tmp_path, capsys, sections, named):
+    code, err = _check(tmp_path, capsys, **sections)
+    assert code == 2
+    assert named in err
+
+
+def test_a_category_share_below_one_sample_is_refused_with_the_fix(tmp_path, capsys):
+    # 10 steps x 16 = 160 samples, 0.001% of them domain: 0.0016 samples.
+    code, err = _check(tmp_path, capsys, mix={"domain_percent": 0.001, "weights": {"math": 1}})
+    assert code == 2
+    assert "mix.domain_percent: gives 0.0016 of the 160 planned samples" in err
+
+
+def test_every_number_field_states_its_range():
+    for name, field in TrainConfig.model_fields.items():
+        if field.annotation in (int, float, int | None, float | None) and name not in ("max_length",):
+            assert "in [" in (field.description or "") or "in (" in (field.description or ""), name
+
+
+def test_a_missing_model_folder_is_named_once(tmp_path, capsys):
+    code, err = _check(tmp_path, capsys, model={"name_or_path": str(tmp_path / "no-such-model")})
+    assert code == 2
+    assert err.count("model.name_or_path") == 1 and "does not exist" in err
+
+
+def test_a_model_folder_without_a_tokenizer_is_refused(tmp_path, capsys, tiny_model_dir):
+    folder = tmp_path / "weights-only"
+    shutil.copytree(tiny_model_dir, folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        (folder / name).unlink(missing_ok=True)
+    code, err = _check(tmp_path, capsys, model={"name_or_path": str(folder)})
+    assert code == 2
+    assert "has no tokenizer" in err
+
+
+def test_a_whole_model_folder_passes(tmp_path, capsys, tiny_model_dir):
+    code, err = _check(tmp_path, capsys, model={"name_or_path": str(tiny_model_dir)})
+    assert code == 0, err
+
+
+def test_a_hub_id_not_in_the_cache_is_refused_when_offline(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, err = _check(tmp_path, capsys, model={"name_or_path": "no-such-org/no-such-model"})
+    assert code == 2
+    assert "model.name_or_path: 'no-such-org/no-such-model' is neither a local folder nor in the Hugging Face cache" in err
+
+
+def test_an_unknown_eval_task_is_found_by_config_check(tmp_path, capsys):
+    code, err = _check(tmp_path, capsys, eval={"offline": True, "general_tasks": ["arc_easy", "mmluu"]})
+    assert code == 2
+    assert "eval.general_tasks[1].name: 'mmluu' is unknown" in err
