@@ -13,6 +13,7 @@ import base64
 import functools
 import http.server
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -176,3 +177,71 @@ def test_check_data_refuses_a_uri_with_credentials(private_http, capsys):
     record = json.loads(out.out.strip().splitlines()[-1])
     assert record["type"] == "error" and "password" in record["error"] and "netrc" in record["error"]
     assert SECRET not in out.out + out.err
+
+
+# --- a whole run writes no secret ---
+
+
+def _texts_of(path: Path) -> list[str]:
+    """What a file holds, as text a secret could hide in: its bytes, and Parquet's decoded rows."""
+    raw = path.read_bytes()
+    texts = [raw.decode("utf-8", errors="replace")]
+    if path.suffix == ".parquet":  # values may sit compressed in the file
+        import polars as pl
+
+        texts.append(pl.read_parquet(path).write_ndjson())
+    return texts
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_run_writes_no_secret_anywhere(private_http, tmp_path, monkeypatch, capfd):
+    """Credentials where they belong (a netrc for the HTTP source; S3, hub, MLflow and judge keys in the
+    environment), a real run end to end, then every file it wrote is searched for them."""
+    import prefect.settings
+
+    from mixtune.flows.pipeline import pipeline
+    from mixtune.storage.artifacts import ArtifactStore
+    from test_prepare_flow import demo_like_config, write_domain_rows
+
+    base_url, netrc = private_http
+    served = Path(netrc).parent / "served" / "qa.jsonl"
+    write_domain_rows(served, rows=40)  # real MedQuAD rows behind basic auth
+    monkeypatch.setenv("NETRC", str(netrc))
+    for name in ("AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "MLFLOW_TRACKING_PASSWORD", "OPENAI_API_KEY"):
+        monkeypatch.setenv(name, SECRET)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA" + SECRET.upper())
+
+    run_dir = tmp_path / "run"
+    raw = demo_like_config(run_dir, served, mix={"domain_percent": 100},
+                           split={"group_column": "focus", "train": 0.6, "val": 0.1, "test": 0.3},
+                           train={"global_batch_size": 4, "per_device_batch_size": 4, "max_steps": 2,
+                                  "logging_steps": 1, "checkpoint_every_steps": 1},
+                           eval={"offline": True, "device": "cpu", "dtype": "float32",
+                                 "general_tasks": [{"name": "arc_challenge", "limit": 2, "max_gen_toks": 4}],
+                                 "domain": {"max_rows": 2, "max_new_tokens": 4, "judge": {"api_key_env": "OPENAI_API_KEY"}}})
+    raw["data"]["sources"][0]["uri"] = f"{base_url}/qa.jsonl"
+    run_dir.mkdir()
+    (run_dir / "run.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_config(run_dir / "run.yaml")
+
+    result = pipeline(cfg)
+
+    store = ArtifactStore(cfg.storage)
+    assert result.runs[0].scores and store.exists(f"{result.report.uri}/report.md")
+    download_dir = Path(cfg.storage.root) / "download"
+    (manifest_file,) = download_dir.glob("*/manifest.json")
+    assert json.loads(manifest_file.read_text())["files"] == [f"{base_url}/qa.jsonl"]  # it came over HTTP
+
+    database = Path(prefect.settings.PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split("///", 1)[1])
+    places = [run_dir, database.parent, Path(os.environ["PREFECT_HOME"]), Path(os.environ["HF_HOME"])]
+    assert (run_dir / "mlflow.db").is_file() and (Path(cfg.storage.root) / "_prefect").is_dir()
+    assert (Path(cfg.storage.root) / "_mlflow").is_dir()
+    secrets = {SECRET, base64.b64encode(f"{USER}:{SECRET}".encode()).decode(), SECRET.upper()}
+    leaks, files = [], 0
+    for place in places:
+        for path in (p for p in place.rglob("*") if p.is_file()):
+            files += 1
+            leaks += [str(path) for text in _texts_of(path) if any(s in text for s in secrets)]
+    console = capfd.readouterr()
+    assert files > 50 and leaks == []
+    assert not any(s in console.out + console.err for s in secrets)
