@@ -93,7 +93,10 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     from mixtune.preflight import check_config
 
     cfg = load_config(args.config)
-    check_config(cfg)  # the model, its tokenizer and the eval tasks exist: found now, not after prepare
+    # The model, its tokenizer and the eval tasks exist: found now, not after prepare. A hub model
+    # that cannot be confirmed offline is only a warning here (a run refuses it).
+    for warning in check_config(cfg, hub_must_answer=False):
+        print(f"warning: {warning}", file=sys.stderr)
     print(yaml.safe_dump(cfg.dump(), sort_keys=False, allow_unicode=True), end="")
     return 0
 

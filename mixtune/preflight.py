@@ -10,7 +10,9 @@ What is checked, without loading any weights:
 - ``model``: the tiny model's corpus files; a GGUF file (built-in, a path, or
   inside a folder); a local folder must hold ``config.json`` and a tokenizer;
   a hub id must be in the Hugging Face cache, or, when the hub may be used,
-  answer a 10-second metadata query.
+  answer a 10-second metadata query. A hub id that cannot be confirmed (hub
+  offline or unreachable) is an error for a run, which would fail on it, and
+  only a warning for ``config check``, which works offline.
 - ``eval.general_tasks``: offline, each name must be one of the shipped
   benchmarks; online, a task or group lm-eval knows.
 """
@@ -28,11 +30,21 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 HUB_TIMEOUT_S = 10.0
 
 
-def check_config(cfg) -> None:
-    """Raise ``ConfigError`` listing every model and eval-task problem of a loaded ``MixtuneConfig``."""
-    problems = model_problems(cfg.model) + eval_task_problems(cfg.eval)
+class _Unconfirmed(str):
+    """A problem that only says the hub could not be asked, not that the model is missing."""
+
+
+def check_config(cfg, *, hub_must_answer: bool = True) -> list[str]:
+    """Raise ``ConfigError`` listing every model and eval-task problem of a loaded ``MixtuneConfig``.
+
+    Returns warnings: a hub model that could not be confirmed, when ``hub_must_answer`` is false.
+    """
+    found = model_problems(cfg.model) + eval_task_problems(cfg.eval)
+    warnings = [] if hub_must_answer else [p for p in found if isinstance(p, _Unconfirmed)]
+    problems = [p for p in found if p not in warnings]
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError([str(p) for p in problems])
+    return [str(w) for w in warnings]
 
 
 def model_problems(model: ModelConfig) -> list[str]:
@@ -89,17 +101,21 @@ def _hub_problems(model: ModelConfig) -> list[str]:
         return [f"model.name_or_path: {model.name_or_path!r} is in the Hugging Face cache without a tokenizer "
                 f"(none of {', '.join(TOKENIZER_FILES)})"]
     if _hub_offline():
-        return [f"model.name_or_path: {model.name_or_path!r} is neither a local folder nor in the Hugging Face "
-                "cache, and HF_HUB_OFFLINE is set; download it first or give a local folder"]
+        return [_Unconfirmed(
+            f"model.name_or_path: {model.name_or_path!r} is neither a local folder nor in the Hugging Face "
+            "cache, and HF_HUB_OFFLINE is set; download it first or give a local folder")]
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
 
     try:
         info = HfApi().model_info(model.name_or_path, revision=model.revision, timeout=HUB_TIMEOUT_S)
         files = {sibling.rfilename for sibling in info.siblings or []}
-    except Exception as error:  # not found, gated, or the hub is unreachable: all stop the run later
+    except Exception as error:
         first_line = str(error).splitlines()[0] if str(error) else ""
-        return [f"model.name_or_path: {model.name_or_path!r} is not a local folder, and the Hugging Face hub "
-                f"did not confirm it within {HUB_TIMEOUT_S:g} s ({type(error).__name__}: {first_line})"]
+        message = (f"model.name_or_path: {model.name_or_path!r} is not a local folder, and the Hugging Face hub "
+                   f"did not confirm it within {HUB_TIMEOUT_S:g} s ({type(error).__name__}: {first_line})")
+        # The hub answered "no" (not found, gated): a fault. No answer at all: unconfirmed.
+        return [message if isinstance(error, HfHubHTTPError) else _Unconfirmed(message)]
     if not any(name in files for name in TOKENIZER_FILES):
         return [f"model.name_or_path: hub repo {model.name_or_path!r} has no tokenizer "
                 f"(none of {', '.join(TOKENIZER_FILES)})"]

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from mixtune.cli import main
-from mixtune.sections import MAX_SEED
-from mixtune.train.config import TrainConfig
+from mixtune.sections import MAX_SEED, SplitConfig, TinyModelConfig, ValidateConfig
+from mixtune.train.config import LoraSettings, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "medquad" / "medquad.jsonl"
@@ -73,10 +73,15 @@ def test_a_category_share_below_one_sample_is_refused_with_the_fix(tmp_path, cap
     assert "mix.domain_percent: gives 0.0016 of the 160 planned samples" in err
 
 
-def test_every_number_field_states_its_range():
-    for name, field in TrainConfig.model_fields.items():
-        if field.annotation in (int, float, int | None, float | None) and name not in ("max_length",):
-            assert "in [" in (field.description or "") or "in (" in (field.description or ""), name
+@pytest.mark.parametrize("section", [TrainConfig, LoraSettings, SplitConfig, ValidateConfig, TinyModelConfig],
+                         ids=lambda s: s.__name__)
+def test_every_number_field_has_both_bounds(section):
+    import annotated_types as at
+
+    for name, field in section.model_fields.items():
+        if field.annotation in (int, float, int | None, float | None):
+            kinds = {type(m) for m in field.metadata}
+            assert kinds & {at.Ge, at.Gt} and kinds & {at.Le, at.Lt}, f"{section.__name__}.{name}"
 
 
 def test_a_missing_model_folder_is_named_once(tmp_path, capsys):
@@ -100,14 +105,27 @@ def test_a_whole_model_folder_passes(tmp_path, capsys, tiny_model_dir):
     assert code == 0, err
 
 
-def test_a_hub_id_not_in_the_cache_is_refused_when_offline(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code, err = _check(tmp_path, capsys, model={"name_or_path": "no-such-org/no-such-model"})
-    assert code == 2
-    assert "model.name_or_path: 'no-such-org/no-such-model' is neither a local folder nor in the Hugging Face cache" in err
-
-
 def test_an_unknown_eval_task_is_found_by_config_check(tmp_path, capsys):
     code, err = _check(tmp_path, capsys, eval={"offline": True, "general_tasks": ["arc_easy", "mmluu"]})
     assert code == 2
     assert "eval.general_tasks[1].name: 'mmluu' is unknown" in err
+
+
+def test_config_check_only_warns_about_a_hub_model_it_cannot_confirm_offline(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, err = _check(tmp_path, capsys, model={"name_or_path": "no-such-org/no-such-model"})
+    assert code == 0
+    assert "warning: model.name_or_path: 'no-such-org/no-such-model' is neither a local folder" in err
+
+
+def test_a_run_refuses_a_hub_model_it_cannot_confirm_offline(monkeypatch):
+    from mixtune.config import parse_config
+    from mixtune.errors import ConfigError
+    from mixtune.preflight import check_config
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = parse_config({"data": {"sources": [{"name": "d", "uri": str(DATA)}]},
+                        "model": {"name_or_path": "no-such-org/no-such-model"},
+                        "eval": {"offline": True, "general_tasks": []}})
+    with pytest.raises(ConfigError, match="no-such-org/no-such-model' is neither a local folder"):
+        check_config(cfg)
