@@ -16,9 +16,10 @@ from pydantic import BaseModel
 from mixtune.flows.prepare import PreparedData, prepare
 from mixtune.storage.artifacts import ArtifactRef
 from mixtune.config import MixtuneConfig
+from mixtune.tasks._names import field, flow_run_namer
 from mixtune.tasks._stage import bind
 from mixtune.eval.scores import read_scores
-from mixtune.eval.under_test import run_name
+from mixtune.eval.under_test import BASE_RUN, run_name
 from mixtune.tasks.evaluate import evaluate_domain, evaluate_general
 
 
@@ -40,7 +41,8 @@ class ComparisonResult(BaseModel):
     mlflow_run_id: str
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate", log_prints=True, flow_run_name=flow_run_namer(
+    "evaluate", lambda p: BASE_RUN if p.get("trained") is None else field(p["trained"], "name")))
 def evaluate(config: MixtuneConfig, prepared: PreparedData | None = None,
              trained: ArtifactRef | None = None) -> EvalScores:
     """Score the base model (``trained`` unset) or a trained model on the general and domain axes."""

@@ -21,6 +21,7 @@ from mixtune.flows.train import result_pointer, train
 from mixtune.mix.sources import run_size
 from mixtune.mix.spec import MixSpec
 from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
+from mixtune.tasks._names import field, flow_run_namer
 from mixtune.tasks._stage import bind
 from mixtune.tasks.compare import compare
 from mixtune.tasks.mix_manifest import mix_manifest
@@ -28,7 +29,8 @@ from mixtune.tracking import log_config, log_realized_mix, mlflow_run, tracking_
 from mixtune.train.job import MlflowTarget
 
 
-@flow(name="pipeline", log_prints=True)
+@flow(name="pipeline", log_prints=True, flow_run_name=flow_run_namer(
+    "pipeline", lambda p: f"{field(p['config'], 'name')} {config_mix_name(p['config'])}"))
 def pipeline(config: MixtuneConfig, train_deployment: str | None = None) -> ComparisonResult:
     """prepare -> mix-manifest -> train -> evaluate (base and tuned) -> compare, for one mix."""
     import mlflow
@@ -45,7 +47,8 @@ def pipeline(config: MixtuneConfig, train_deployment: str | None = None) -> Comp
     return ComparisonResult(base=base, runs=[tuned], report=report, mlflow_run_id=parent.info.run_id)
 
 
-@flow(name="mix-run", log_prints=True)
+@flow(name="mix-run", log_prints=True,
+      flow_run_name=flow_run_namer("mix-run", lambda p: config_mix_name(p["config"])))
 def mix_run(config: MixtuneConfig, prepared: PreparedData, parent_run_id: str,
             train_deployment: str | None = None) -> EvalScores:
     """One mix: its manifest, its training, its evaluation; an MLflow child run of ``parent_run_id``."""
@@ -87,3 +90,9 @@ def mix_name(mix: MixSpec) -> str:
         return "d100"
     weights = "-".join(f"{c}{w:g}" for c, w in sorted(mix.weights.items()) if w > 0)
     return f"d{mix.domain_percent:g}-{weights}"
+
+
+def config_mix_name(config: MixtuneConfig | dict) -> str:
+    """``mix_name`` of a config's mix, also for a config still a dict (a deployment's parameters)."""
+    mix = field(config, "mix")
+    return mix_name(mix if isinstance(mix, MixSpec) else MixSpec.model_validate(mix))

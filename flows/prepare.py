@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from mixtune.storage.artifacts import ArtifactRef
 from mixtune.config import MixtuneConfig, resolve_config
 from mixtune.sections import SourceConfig
+from mixtune.tasks._names import field, flow_run_namer
 from mixtune.tasks._stage import bind
 from mixtune.tasks.download import download
 from mixtune.tasks.model import base_model
@@ -44,7 +45,7 @@ def prepare_source(source: SourceConfig, config: MixtuneConfig, stages: list[Tas
     return validate_(rows, config.validate_, config.sanitize, config.model, config.storage)
 
 
-@flow(name="prepare", log_prints=True)
+@flow(name="prepare", log_prints=True, flow_run_name=flow_run_namer("prepare", lambda p: field(p["config"], "name")))
 def prepare(config: MixtuneConfig, categories: list[str] | None = None) -> PreparedData:
     """Validated, split domain data plus the category sources (default: those the mix weights)."""
     config = resolve_config(config)  # a deployment passes it unresolved

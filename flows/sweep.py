@@ -22,6 +22,7 @@ from mixtune.storage.artifacts import ArtifactRef
 from mixtune.config import MixtuneConfig, resolve_config
 from mixtune.mix.spec import MixSpec
 from mixtune.tracking import log_config, mlflow_run
+from mixtune.tasks._names import field, flow_run_namer
 from mixtune.tasks._stage import bind
 from mixtune.tasks.compare import compare
 
@@ -46,7 +47,15 @@ def sweep_mixes(base: MixSpec, domain_percents: list[float] | None = None,
     return list(unique.values())
 
 
-@flow(name="sweep", log_prints=True)
+def _run_label(parameters: dict[str, Any]) -> str:
+    """``demo: d100, d75-math1``: the config's name and the mixes this sweep runs."""
+    mix = field(parameters["config"], "mix")
+    specs = sweep_mixes(mix if isinstance(mix, MixSpec) else MixSpec.model_validate(mix),
+                        parameters.get("domain_percents"), parameters.get("mixes"))
+    return f"{field(parameters['config'], 'name')}: {', '.join(mix_name(s) for s in specs)}"
+
+
+@flow(name="sweep", log_prints=True, flow_run_name=flow_run_namer("sweep", _run_label))
 def sweep(config: MixtuneConfig, domain_percents: list[float] | None = None,
           mixes: list[dict[str, Any]] | None = None, max_concurrency: int = 1,
           train_deployment: str | None = None) -> ComparisonResult:

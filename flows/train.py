@@ -14,6 +14,7 @@ from mixtune.flows.prepare import PreparedData
 from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
 from mixtune.config import MixtuneConfig, resolve_config
 from mixtune.train.job import MlflowTarget
+from mixtune.tasks._names import flow_run_namer
 from mixtune.tasks._stage import bind
 from mixtune.tasks.train import train as train_task
 
@@ -22,7 +23,7 @@ def result_pointer(store: ArtifactStore, name: str, manifest: ArtifactRef) -> st
     return store.uri("train", "_results", f"{name}-{manifest.fingerprint[:16]}.json")
 
 
-@flow(name="train", log_prints=True)
+@flow(name="train", log_prints=True, flow_run_name=flow_run_namer("train", lambda p: p["name"]))
 def train(config: MixtuneConfig, name: str, manifest: ArtifactRef, prepared: PreparedData,
           mlflow: MlflowTarget | None = None) -> ArtifactRef:
     """Train on the manifest's exact order; resumes from the last checkpoint after a crash."""

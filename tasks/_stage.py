@@ -78,13 +78,15 @@ def stage_task(
     not_in_key: tuple[str, ...] = (),
     retries: int = 0,
     retry_delay_seconds: list[float] | None = None,
+    run_name: Callable[..., str] | None = None,
 ) -> Callable[[Callable[..., Any]], Task]:
     """Make a Prefect task of a stage function with mixtune's cache key.
 
     ``key_extra`` adds what the parameters alone do not say, e.g. the size and
     mtime of a file at a fixed path, so new data at the same URI re-runs.
     ``not_in_key`` names parameters that say where to report (an MLflow run
-    id), not what to compute.
+    id), not what to compute. ``run_name`` names each task run after what it
+    works on (``mixtune.tasks._names.task_run_namer``).
     """
 
     def wrap(fn: Callable[..., Any]) -> Task:
@@ -102,6 +104,7 @@ def stage_task(
             log_prints=False,
             retries=retries,
             retry_delay_seconds=retry_delay_seconds or 0,
+            task_run_name=run_name,
         )
 
     return wrap

@@ -36,6 +36,7 @@ from mixtune.eval.scores import domain_item_labels, domain_item_scores, general_
 from mixtune.eval.under_test import BASE_RUN
 from mixtune.sections import StorageConfig, TrackingConfig
 from mixtune.storage.artifacts import ArtifactRef, ArtifactStore, code_version, fingerprint
+from mixtune.tasks._names import task_run_namer
 from mixtune.tasks._stage import stage_task
 from mixtune.tracking import run_url, tracking_uri
 
@@ -201,7 +202,8 @@ def _artifact_markdown(comparison: core.Comparison, ref: ArtifactRef, parent_url
     return "\n".join(parts) + "\n"
 
 
-@stage_task("compare", core, report, stats_core, scores_core)
+@stage_task("compare", core, report, stats_core, scores_core,
+            run_name=task_run_namer("compare", lambda p: f"{BASE_RUN} vs " + ", ".join(p["runs"])))
 def compare(base: list[ArtifactRef], runs: dict[str, list[ArtifactRef]], eval_cfg: EvalConfig,
             storage: StorageConfig, tracking: TrackingConfig | None = None,
             mlflow_run_id: str | None = None) -> ArtifactRef:

@@ -10,6 +10,7 @@ import mixtune.prepare.download as core
 import mixtune.prepare.formats as formats
 from mixtune.storage.artifacts import ArtifactRef, ArtifactStore, fingerprint
 from mixtune.sections import SourceConfig, StorageConfig
+from mixtune.tasks._names import field, task_run_namer
 from mixtune.tasks._stage import stage_task
 
 
@@ -18,7 +19,8 @@ def _input_identity(parameters: dict[str, Any]) -> str:
     return core.stat_fingerprint(parameters["source"], parameters["storage"])
 
 
-@stage_task("download", core, formats, key_extra=_input_identity, retries=2, retry_delay_seconds=[5, 30])
+@stage_task("download", core, formats, key_extra=_input_identity, retries=2, retry_delay_seconds=[5, 30],
+            run_name=task_run_namer("download", lambda p: field(p["source"], "name")))
 def download(source: SourceConfig, storage: StorageConfig) -> ArtifactRef:
     """Read a file, folder, s3:// or https:// URI, or HF dataset; retried: it is network work."""
     store = ArtifactStore(storage)

@@ -22,10 +22,11 @@ import mixtune.eval.general as general_core
 from mixtune.eval import benchmarks, judge
 from mixtune.eval.config import EvalConfig
 from mixtune.eval.scores import samples_table, scores_table
-from mixtune.eval.under_test import model_under_test, run_name
+from mixtune.eval.under_test import BASE_RUN, model_under_test, run_name
 from mixtune.models import model_identity
 from mixtune.sections import ModelConfig, StorageConfig
 from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
+from mixtune.tasks._names import field, task_run_namer
 from mixtune.tasks._stage import artifact_key, current_key, stage_task
 
 # --- cache key parts the parameters do not carry ---
@@ -81,7 +82,13 @@ def _publish_scores(ref: ArtifactRef, scores: dict[str, float], axis: str, name:
 # --- the two axes ---
 
 
-@stage_task("eval_general", general_core, benchmarks, key_extra=_general_inputs, not_in_key=("eval_cfg",))
+def _evaluated(trained: ArtifactRef | dict | None) -> str:
+    """The run name an evaluation is for: ``base`` or the trained mix (a dict before validation)."""
+    return BASE_RUN if trained is None else field(trained, "name")
+
+
+@stage_task("eval_general", general_core, benchmarks, key_extra=_general_inputs, not_in_key=("eval_cfg",),
+            run_name=task_run_namer("eval_general", lambda p: _evaluated(p["trained"])))
 def evaluate_general(model: ModelConfig, trained: ArtifactRef | None, eval_cfg: EvalConfig,
                      storage: StorageConfig) -> ArtifactRef:
     """lm-eval benchmarks on the base (``trained=None``) or a trained model; scores and per-document samples."""
@@ -106,7 +113,8 @@ def evaluate_general(model: ModelConfig, trained: ArtifactRef | None, eval_cfg: 
     return ref
 
 
-@stage_task("eval_domain", domain_core, judge, key_extra=_domain_inputs, not_in_key=("eval_cfg",))
+@stage_task("eval_domain", domain_core, judge, key_extra=_domain_inputs, not_in_key=("eval_cfg",),
+            run_name=task_run_namer("eval_domain", lambda p: _evaluated(p["trained"])))
 def evaluate_domain(model: ModelConfig, trained: ArtifactRef | None, split: ArtifactRef, source_is_label: bool,
                     eval_cfg: EvalConfig, storage: StorageConfig) -> ArtifactRef:
     """Answers on the held-out test split; predictions with per-row scores, means in the manifest."""

@@ -14,10 +14,12 @@ from mixtune.mix.sources import mix_sources
 from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
 from mixtune.mix.spec import MixSpec
 from mixtune.sections import StorageConfig
+from mixtune.tasks._names import task_run_namer
 from mixtune.tasks._stage import artifact_key, current_key, stage_task
 
 
-@stage_task("mix-manifest", core, plan_core, spec_core, sources_core)
+@stage_task("mix-manifest", core, plan_core, spec_core, sources_core,
+            run_name=task_run_namer("mix-manifest", lambda p: p["name"]))
 def mix_manifest(name: str, split: ArtifactRef, categories: dict[str, list[ArtifactRef]], mix: MixSpec,
                  size: dict[str, float | int | None], storage: StorageConfig) -> ArtifactRef:
     """Stratified batches: after any prefix each source is within one row of its exact share."""

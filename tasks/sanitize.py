@@ -7,11 +7,12 @@ from prefect.artifacts import create_table_artifact
 import mixtune.prepare.sanitize as core
 from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
 from mixtune.sections import ModelConfig, SanitizeConfig, SourceConfig, StorageConfig
+from mixtune.tasks._names import field, task_run_namer
 from mixtune.tasks._stage import artifact_key, current_key, stage_task
 from mixtune.models import load_tokenizer
 
 
-@stage_task("sanitize", core)
+@stage_task("sanitize", core, run_name=task_run_namer("sanitize", lambda p: field(p["source"], "name")))
 def sanitize(raw: ArtifactRef, source: SourceConfig, cfg: SanitizeConfig, model: ModelConfig,
              storage: StorageConfig) -> ArtifactRef:
     """Vectorized rules over the mapped text columns; never drops a row, counts every hit."""

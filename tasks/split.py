@@ -8,10 +8,12 @@ from prefect.artifacts import create_table_artifact
 import mixtune.prepare.split as core
 from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
 from mixtune.sections import SplitConfig, StorageConfig
+from mixtune.tasks._names import field, task_run_namer
 from mixtune.tasks._stage import current_key, stage_task
 
 
-@stage_task("split", core)
+@stage_task("split", core, run_name=task_run_namer(
+    "split", lambda p: ", ".join(field(ref, "name") for ref in p["validated"])))
 def split(validated: list[ArtifactRef], cfg: SplitConfig, storage: StorageConfig) -> ArtifactRef:
     """Groups and identical prompts never cross splits; the assignment is recorded per row."""
     store = ArtifactStore(storage)

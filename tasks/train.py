@@ -21,6 +21,7 @@ from mixtune.train.launch import build_launch
 from mixtune.sections import ModelConfig, StorageConfig
 from mixtune.train.checkpoints import upload_checkpoints
 from mixtune.train.config import TrainConfig
+from mixtune.tasks._names import task_run_namer
 from mixtune.tasks._stage import current_key, stage_task
 from mixtune.mix.sources import training_sources
 from mixtune.models import model_path as local_model_path
@@ -40,7 +41,7 @@ def _write_inputs(store: ArtifactStore, split: ArtifactRef, categories: dict[str
             "manifest_path": str(work / "manifest.parquet"), "val_path": str(work / "val.parquet")}
 
 
-@stage_task("train", core, job_core, not_in_key=("mlflow",))
+@stage_task("train", core, job_core, not_in_key=("mlflow",), run_name=task_run_namer("train", lambda p: p["name"]))
 def train(name: str, model: ModelConfig, manifest: ArtifactRef, split: ArtifactRef,
           categories: dict[str, list[ArtifactRef]], cfg: TrainConfig, storage: StorageConfig,
           mlflow: job_core.MlflowTarget | None = None) -> ArtifactRef:

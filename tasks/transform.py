@@ -5,10 +5,11 @@ from __future__ import annotations
 import mixtune.prepare.transform as core
 from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
 from mixtune.sections import SourceConfig, StorageConfig
+from mixtune.tasks._names import field, task_run_namer
 from mixtune.tasks._stage import current_key, stage_task
 
 
-@stage_task("transform", core)
+@stage_task("transform", core, run_name=task_run_namer("transform", lambda p: field(p["source"], "name")))
 def transform(clean: ArtifactRef, source: SourceConfig, storage: StorageConfig) -> ArtifactRef:
     """Rows that cannot become a conversation go to ``rejects`` with a reason."""
     store = ArtifactStore(storage)

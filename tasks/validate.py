@@ -11,11 +11,12 @@ import mixtune.prepare.validate as core
 from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
 from mixtune.errors import RejectShareExceeded
 from mixtune.sections import ModelConfig, SanitizeConfig, StorageConfig, ValidateConfig
+from mixtune.tasks._names import field, task_run_namer
 from mixtune.tasks._stage import artifact_key, current_key, stage_task
 from mixtune.models import load_tokenizer
 
 
-@stage_task("validate", core)
+@stage_task("validate", core, run_name=task_run_namer("validate", lambda p: field(p["rows"], "name")))
 def validate(rows: ArtifactRef, cfg: ValidateConfig, sanitize: SanitizeConfig, model: ModelConfig,
              storage: StorageConfig) -> ArtifactRef:
     """Fails the run when the reject share is over the limit; the rejects are written first."""

@@ -155,6 +155,11 @@ def flow_run_tree(client, root_id: UUID) -> list:
     return tree
 
 
+def stage_of(task_run_name: str) -> str:
+    """``download med`` (a named run) or ``base-model-0ed`` (Prefect's default name) -> the task's name."""
+    return task_run_name.split(" ", 1)[0] if " " in task_run_name else task_run_name.rsplit("-", 1)[0]
+
+
 def stage_states(client, root_id: UUID, timeout_s: float = 30) -> dict[str, list[str]]:
     """Final task run states by task name over the whole flow run tree; subflows' wrapper runs left out.
 
@@ -172,7 +177,7 @@ def stage_states(client, root_id: UUID, timeout_s: float = 30) -> dict[str, list
         runs = [run for run in task_runs if run.id not in wrappers]
         states: dict[str, list[str]] = {}
         for run in sorted(runs, key=lambda r: r.name):
-            states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name if run.state else "<none>")
+            states.setdefault(stage_of(run.name), []).append(run.state.name if run.state else "<none>")
         settled = bool(runs) and all(r.state is not None and r.state.is_final() for r in runs)
         if (settled and states == previous) or time.monotonic() > deadline:
             return states

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect_server import stage_of
 
 from mixtune.flows.prepare import prepare
 from mixtune.storage.artifacts import ArtifactStore
@@ -59,7 +60,7 @@ async def _task_states(flow_state, timeout_s: float = 30) -> dict[str, list[str]
             runs = await client.read_task_runs(flow_run_filter=flow_run)
             states: dict[str, list[str]] = {}
             for run in sorted(runs, key=lambda r: r.name):
-                states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name if run.state else "<none>")
+                states.setdefault(stage_of(run.name), []).append(run.state.name if run.state else "<none>")
             settled = runs and all(r.state is not None and r.state.is_final() for r in runs)
             if (settled and states == previous) or time.monotonic() > deadline:
                 return states

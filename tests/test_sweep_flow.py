@@ -9,6 +9,7 @@ import mlflow
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from mixtune.flows.sweep import sweep, sweep_mixes
 from mixtune.storage.artifacts import ArtifactStore
@@ -52,6 +53,15 @@ def test_sweep_runs_mixes_concurrently_as_child_runs_and_compares_them(tmp_path)
         tree = flow_run_tree(client, state.state_details.flow_run_id)
         flow_names = Counter(client.read_flow(r.flow_id).name for r in tree[1:])
         stages = stage_states(client, state.state_details.flow_run_id)
+        task_run_names = {r.name for r in client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in tree])))}
+    # Runs are named after what they do, in the flow run list and in each run's task graph.
+    assert tree[0].name == "sweep t: d100, d75-math1"
+    assert sorted(r.name for r in tree[1:]) == [
+        "evaluate base", "evaluate d100", "evaluate d75-math1", "mix-run d100", "mix-run d75-math1", "prepare t",
+        "train d100", "train d75-math1"]
+    assert {"download med", "download gsm8k-small", "mix-manifest d75-math1", "train d100", "train d75-math1",
+            "eval_general base", "eval_domain d75-math1", "compare base vs d100, d75-math1"} <= task_run_names
     # Each mix is its own child run of the sweep, with its train and evaluate below it.
     assert flow_names == {"prepare": 1, "evaluate": 3, "mix-run": 2, "train": 2}
     assert all(r.state.is_completed() for r in tree)
@@ -66,3 +76,10 @@ def test_sweep_runs_mixes_concurrently_as_child_runs_and_compares_them(tmp_path)
                                     filter_string=f"tags.mlflow.parentRunId = '{result.mlflow_run_id}'")
     assert sorted(r.info.run_name for r in child_runs) == ["d100", "d75-math1"]
     assert all("train/loss" in r.data.metrics for r in child_runs)
+    # Each mix's own run carries its verdict and its changes against the base with intervals.
+    verdicts = ArtifactStore(cfg.storage).manifest(result.report)["verdicts"]
+    assert {r.info.run_name: r.data.tags["verdict"] for r in child_runs} == verdicts
+    assert all({"vs_base/domain/rouge_l/delta", "vs_base/domain/rouge_l/ci_low", "vs_base/general/delta"}
+               <= set(r.data.metrics) for r in child_runs)
+    parent = client.get_run(result.mlflow_run_id).data.tags
+    assert parent["recommendation"] == ArtifactStore(cfg.storage).manifest(result.report)["recommendation"]["sentence"]
