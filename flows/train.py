@@ -16,6 +16,7 @@ from mixtune.config import MixtuneConfig, resolve_config
 from mixtune.train.job import MlflowTarget
 from mixtune.tasks._names import flow_run_namer
 from mixtune.tasks._stage import bind
+from mixtune.tasks.forgetting import base_answers
 from mixtune.tasks.train import train as train_task
 
 
@@ -28,9 +29,12 @@ def train(config: MixtuneConfig, name: str, manifest: ArtifactRef, prepared: Pre
           mlflow: MlflowTarget | None = None) -> ArtifactRef:
     """Train on the manifest's exact order; resumes from the last checkpoint after a crash."""
     config = resolve_config(config)  # a deployment passes it unresolved
-    (train_,) = bind(config.storage, train_task)
+    train_, base_answers_ = bind(config.storage, train_task, base_answers)
+    # The base model's answers to held-out general prompts: cached, so once per base in a sweep.
+    answers = base_answers_(config.model, prepared.split, prepared.categories, config.storage) \
+        if prepared.categories else None
     trained = train_(name, config.model, manifest, prepared.split, prepared.categories, config.train,
-                     config.storage, mlflow)
+                     config.storage, mlflow, answers)
     store = ArtifactStore(config.storage)
     store.write_json(result_pointer(store, name, manifest), trained.model_dump(mode="json"))
     return trained

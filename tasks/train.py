@@ -23,28 +23,37 @@ from mixtune.train.checkpoints import upload_checkpoints
 from mixtune.train.config import TrainConfig
 from mixtune.tasks._names import task_run_namer
 from mixtune.tasks._stage import current_key, stage_task
-from mixtune.mix.sources import training_sources
+from mixtune.mix.sources import heldout_sources, training_sources
+from mixtune.train.forgetting import BASE_ANSWERS
 from mixtune.models import model_path as local_model_path
 
 
 def _write_inputs(store: ArtifactStore, split: ArtifactRef, categories: dict[str, list[ArtifactRef]],
-                  manifest: ArtifactRef, work: Path) -> dict:
-    """Local Parquet files for the job: each source's train rows, the schedule, domain val rows."""
+                  manifest: ArtifactRef, base_answers: ArtifactRef | None, val_rows: int | None, work: Path) -> dict:
+    """Local Parquet files for the job: each source's train rows, the schedule, val and held-out rows."""
     columns = ["_row_id", "messages"]
     paths, source_categories = {}, {}
     for name, category, rows, _ in training_sources(store, split, categories, columns):
         paths[name], source_categories[name] = str(work / f"train-{name}.parquet"), category
         rows.write_parquet(paths[name])
     store.read_table(manifest, "schedule").write_parquet(work / "manifest.parquet")
-    store.read_table(split, "val").select(columns).write_parquet(work / "val.parquet")
-    return {"train_paths": paths, "source_categories": source_categories,
+    val = store.read_table(split, "val").select(columns)
+    (val.head(val_rows) if val_rows else val).write_parquet(work / "val.parquet")
+    heldout = heldout_sources(store, split, categories, columns)
+    if base_answers is not None:
+        heldout[BASE_ANSWERS] = store.read_table(base_answers, "answers").select(columns)
+    heldout_paths = {}
+    for name, rows in heldout.items():
+        heldout_paths[name] = str(work / f"heldout-{name}.parquet")
+        rows.write_parquet(heldout_paths[name])
+    return {"train_paths": paths, "source_categories": source_categories, "heldout_paths": heldout_paths,
             "manifest_path": str(work / "manifest.parquet"), "val_path": str(work / "val.parquet")}
 
 
 @stage_task("train", core, job_core, not_in_key=("mlflow",), run_name=task_run_namer("train", lambda p: p["name"]))
 def train(name: str, model: ModelConfig, manifest: ArtifactRef, split: ArtifactRef,
           categories: dict[str, list[ArtifactRef]], cfg: TrainConfig, storage: StorageConfig,
-          mlflow: job_core.MlflowTarget | None = None) -> ArtifactRef:
+          mlflow: job_core.MlflowTarget | None = None, base_answers: ArtifactRef | None = None) -> ArtifactRef:
     """Trains in the manifest's order; a re-run after a crash resumes from the last checkpoint."""
     store = ArtifactStore(storage)
     if (ref := store.find("train", name, key := current_key())) is not None:
@@ -65,7 +74,7 @@ def train(name: str, model: ModelConfig, manifest: ArtifactRef, split: ArtifactR
             checkpoint_dir=str(ckpt_dir), mlflow=mlflow,
             data_fingerprints={r.name: r.fingerprint for refs in categories.values() for r in refs}
             | {"domain-split": split.fingerprint},
-            **_write_inputs(store, split, categories, manifest, work),
+            **_write_inputs(store, split, categories, manifest, base_answers, cfg.val_rows, work),
         )
         summary = _run(job, work, store, checkpoints_uri)
         if not store.is_local:

@@ -8,6 +8,7 @@
     under_test  which weights an evaluation loads: the base, base + adapter, or full weights
     scores      score tables and per-item results from evaluation artifacts
     stats       paired bootstrap intervals, standard errors and the n a decision needs
+    curves      forgetting curves: held-out losses per mix during training, table and plot
     compare     paired changes, checks, verdicts, the recommendation and the Pareto front
     report      the comparison as Markdown, HTML and a Pareto plot with error bars
 """

@@ -9,5 +9,6 @@
     checkpoints  save / resume the exact run state
     loop         the training loop; ``job`` is its process entry point, ``launch`` its multi-GPU argv
     result       what a run reports (weights, losses, realized mix, throughput)
+    forgetting   held-out losses while training runs: general categories, domain, the base model's answers
     model_card   the README.md written beside trained weights
 """

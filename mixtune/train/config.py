@@ -102,8 +102,12 @@ class TrainConfig(StrictModel):
     logging_steps: int = Field(10, gt=0, le=MAX_STEPS, description="optimizer steps between metric reports, "
                                f"in [1, {MAX_STEPS:,}]")
     eval_every_steps: int | None = Field(
-        None, gt=0, le=MAX_STEPS, description=f"optimizer steps between validation losses, in [1, {MAX_STEPS:,}]; "
-        "null: only after the last step"
+        None, gt=0, le=MAX_STEPS, description=f"optimizer steps between validation and held-out losses (the "
+        f"forgetting curves), in [1, {MAX_STEPS:,}]; null: only before the first and after the last step"
+    )
+    val_rows: int | None = Field(
+        64, gt=0, le=1_000_000, description="rows of the domain validation split whose loss is logged (the first "
+        "ones); null: all. Each measurement costs a forward pass over them"
     )
     checkpoint_every_steps: int | None = Field(
         100, gt=0, le=MAX_STEPS, description=f"optimizer steps between checkpoints, in [1, {MAX_STEPS:,}]; "

@@ -12,17 +12,20 @@ job. Only rank 0 logs metrics to MLflow.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 from pydantic import BaseModel, Field
 
+from mixtune.tracking import BufferedMetrics
 from mixtune.train.config import TrainConfig
 from mixtune.train.loop import TrainResult, train
+
+log = logging.getLogger(__name__)
 
 
 class MlflowTarget(BaseModel):
@@ -38,6 +41,8 @@ class TrainJob(BaseModel):
     source_categories: dict[str, str]
     manifest_path: str
     val_path: str | None = None
+    heldout_paths: dict[str, str] = Field(default_factory=dict,
+                                          description="held-out set name -> Parquet of rows no run trains on")
     cfg: TrainConfig
     output_dir: str
     checkpoint_dir: str
@@ -45,31 +50,39 @@ class TrainJob(BaseModel):
     mlflow: MlflowTarget | None = None
 
 
-def mlflow_logger(target: MlflowTarget | None):
-    """A ``log_metrics`` callback writing to one MLflow run; None when not tracking or not rank 0."""
+UNSENT_METRICS = "mlflow_unsent_metrics.jsonl"  # beside the weights, when MLflow was down at the end
+
+
+def mlflow_logger(target: MlflowTarget | None, unsent_path: str | Path) -> BufferedMetrics | None:
+    """A ``log_metrics`` callback for one MLflow run that never blocks or fails training (``BufferedMetrics``);
+    None when not tracking or not rank 0."""
     if target is None or int(os.environ.get("RANK", "0")) != 0:
         return None
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(target.tracking_uri)
-
-    def log(step: int, metrics: dict[str, float]) -> None:
-        now = int(time.time() * 1000)
-        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-        for start in range(0, len(batch), 1000):  # MLflow's per-request cap
-            client.log_batch(target.run_id, metrics=batch[start:start + 1000])
-
-    return log
+    return BufferedMetrics(target.tracking_uri, target.run_id, unsent_path)
 
 
 def run_job(job: TrainJob, on_step_end: Any = None) -> TrainResult:
     frames = {name: pl.read_parquet(path) for name, path in job.train_paths.items()}
+    metrics = mlflow_logger(job.mlflow, Path(job.output_dir).parent / UNSENT_METRICS)
+    try:
+        return _train(job, frames, metrics, on_step_end)
+    finally:
+        if metrics is not None:
+            unsent, error = metrics.close()
+            if unsent:
+                log.warning("MLflow at %s was unreachable (%s): %d metric values of run %s were not logged; "
+                            "training went on and they are kept in %s", metrics.tracking_uri,
+                            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+                            unsent, metrics.run_id, metrics.unsent_path)
+
+
+def _train(job: TrainJob, frames: dict[str, pl.DataFrame], log_metrics: Any, on_step_end: Any) -> TrainResult:
     return train(
         job.model_path, frames, pl.read_parquet(job.manifest_path), job.cfg, job.output_dir,
         val_frame=pl.read_parquet(job.val_path) if job.val_path else None,
+        heldout_frames={name: pl.read_parquet(path) for name, path in job.heldout_paths.items()},
         source_categories=job.source_categories, checkpoint_dir=job.checkpoint_dir,
-        log_metrics=mlflow_logger(job.mlflow), on_step_end=on_step_end, revision=job.revision,
+        log_metrics=log_metrics, on_step_end=on_step_end, revision=job.revision,
         trust_remote_code=job.trust_remote_code, data_fingerprints=job.data_fingerprints,
     )
 
@@ -83,6 +96,8 @@ def result_summary(result: TrainResult) -> dict[str, Any]:
         "trainable_parameters": result.trainable_parameters, "total_parameters": result.total_parameters,
         "tokens_per_s": result.tokens_per_s, "real_token_share": result.real_token_share,
         "truncated_examples": result.truncated_examples,
+        "heldout_losses": {name: {str(step): loss for step, loss in curve.items()}
+                           for name, curve in result.heldout_losses.items()},
     }
 
 

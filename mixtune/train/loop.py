@@ -94,12 +94,14 @@ class _Devices:
 
 def run_key(cfg: TrainConfig, model_path: str, revision: str | None, manifest: pl.DataFrame) -> str:
     """What makes two runs the same run; reporting knobs may change between a crash and its resume."""
-    reporting = {"logging_steps", "eval_every_steps", "checkpoint_every_steps", "checkpoints_kept", "merge_adapter"}
+    reporting = {"logging_steps", "eval_every_steps", "val_rows", "checkpoint_every_steps", "checkpoints_kept",
+                 "merge_adapter"}
     return fingerprint(cfg.model_dump(exclude=reporting), model_path, revision, manifest_fingerprint(manifest))
 
 
 def train(model_path: str, train_frames: dict[str, pl.DataFrame], manifest: pl.DataFrame, cfg: TrainConfig,
           output_dir: str | Path, *, val_frame: pl.DataFrame | None = None,
+          heldout_frames: dict[str, pl.DataFrame] | None = None,
           source_categories: dict[str, str] | None = None, checkpoint_dir: str | Path | None = None,
           log_metrics: MetricsCallback | None = None, on_step_end: Callable[[StepReport], None] | None = None,
           revision: str | None = None, trust_remote_code: bool = False,
@@ -127,6 +129,9 @@ def train(model_path: str, train_frames: dict[str, pl.DataFrame], manifest: pl.D
     examples = ExampleStore(train_frames, tokenizer, cfg.max_length)
     examples.load_rows(row for rows in steps[state.step:] for row in rows)
     val_chats = tokenize_frame(val_frame, tokenizer, cfg.max_length) if val_frame is not None else None
+    heldout_chats = {name: chats for name, frame in sorted((heldout_frames or {}).items())
+                     if (chats := tokenize_frame(frame, tokenizer, cfg.max_length))}
+    heldout_losses: dict[str, dict[int, float]] = {name: {} for name in heldout_chats}
     sources = sorted(train_frames)
     categories = source_categories or {}
     meter = LossMeter(sources, categories)
@@ -135,6 +140,18 @@ def train(model_path: str, train_frames: dict[str, pl.DataFrame], manifest: pl.D
     autocast = _autocast(cfg, devices.device)
     pad_id = tokenizer.pad_token_id
     timer = _Throughput()
+
+    def measure_heldout(step: int) -> None:
+        """Loss on every held-out set, logged as ``heldout/<set>/loss``: the forgetting curves."""
+        measured = {name: evaluate_loss(forward_model, token_loss, chats, cfg, pad_id, devices.device, autocast)
+                    for name, chats in heldout_chats.items()}
+        for name, loss in measured.items():
+            heldout_losses[name][step] = loss
+        if measured and devices.main and log_metrics:
+            log_metrics(step, {f"heldout/{name}/loss": loss for name, loss in measured.items()})
+
+    if state.step == 0:
+        measure_heldout(0)  # the base model's point: where every curve starts
 
     for step_index in range(state.step, len(steps)):
         rows = steps[step_index]
@@ -161,6 +178,8 @@ def train(model_path: str, train_frames: dict[str, pl.DataFrame], manifest: pl.D
         if val_chats and cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0:
             state.val_losses[state.step] = evaluate_loss(forward_model, token_loss, val_chats, cfg, pad_id,
                                                          devices.device, autocast)
+        if cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0:
+            measure_heldout(state.step)
         last = state.step == len(steps)
         if devices.main and (state.step % cfg.logging_steps == 0 or last):
             metrics = meter.report() | timer.report() | {
@@ -184,6 +203,8 @@ def train(model_path: str, train_frames: dict[str, pl.DataFrame], manifest: pl.D
                                                      devices.device, autocast)
         if devices.main and log_metrics:
             log_metrics(state.step, {"val/loss": state.val_losses[state.step]})
+    if heldout_chats and state.step not in next(iter(heldout_losses.values())):
+        measure_heldout(state.step)
     if state.truncated_examples and devices.main:
         log.warning("%d examples were cut to train.max_length %s; cut answers were not supervised",
                     state.truncated_examples, cfg.max_length)
@@ -194,6 +215,7 @@ def train(model_path: str, train_frames: dict[str, pl.DataFrame], manifest: pl.D
         samples_per_source=state.samples_per_source, resumed_from_step=resumed_from,
         trainable_parameters=trainable, total_parameters=total, tokens_per_s=timer.tokens_per_s(),
         real_token_share=timer.real_share(), truncated_examples=state.truncated_examples, metrics=meter.last,
+        heldout_losses=heldout_losses,
     )
     if devices.main:
         merged = save_trained(model, tokenizer, output_dir, cfg.method == "lora" and cfg.merge_adapter)

@@ -23,3 +23,5 @@ class TrainResult:
     truncated_examples: int
     merged_dir: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # the last report
+    # held-out set -> {optimizer step: mean loss per supervised token}; step 0 is the base model
+    heldout_losses: dict[str, dict[int, float]] = field(default_factory=dict)
