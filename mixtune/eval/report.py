@@ -57,7 +57,8 @@ def recommendation_line(comparison: Comparison) -> str:
 def changes_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     """Verdict first, then each change with its interval; one row per tuned run."""
     metrics = comparison.general_metrics
-    header = ["run", "verdict", _header(comparison, comparison.domain_metric), *(_header(comparison, m) for m in metrics),
+    header = ["run", "verdict", _header(comparison, comparison.domain_metric),
+              *(_header(comparison, m) for m in metrics),
               f"general change (mean of {len(metrics)})" if metrics else "general change", "Pareto front"]
     rows = []
     for name, changes in comparison.changes.items():
