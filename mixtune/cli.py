@@ -290,12 +290,31 @@ def _print_where(cfg, report, mlflow_run_id: str, log_file: Path | None = None) 
     uri = tracking_uri(cfg.tracking, cfg.storage)
     api = os.environ.get("PREFECT_API_URL")
     print(f"prefect:   {api.removesuffix('/api') if api else 'run `prefect server start` to browse flow runs (ephemeral API used)'}")
-    mlflow_ui = uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
-    print(f"mlflow:    {mlflow_ui}  (parent run {mlflow_run_id})")
+    print(f"mlflow:    {_mlflow_where(uri, mlflow_run_id)}")
     if log_file is not None:
         print(f"log:       {log_file}")
+    # The answer the run was for, last before the done line (compare keeps it in its manifest).
+    recommendation = store.manifest(report).get("recommendation", {}).get("sentence")
+    if recommendation:
+        print(f"\n{recommendation}\n")
     # Last, and alone on its line: CI (.ci/run) checks that a run ends with it.
     print(f"{DONE_MARKER} {report.uri}/report.md (also report.html, pareto.png)", flush=True)
+
+
+def _mlflow_where(uri: str, run_id: str) -> str:
+    """The parent run's page on a tracking server; for a file store, the command and the page it serves."""
+    from mixtune.tracking import run_url
+
+    try:
+        from mlflow import MlflowClient
+
+        experiment_id = MlflowClient(uri).get_run(run_id).info.experiment_id
+    except Exception:  # an unreachable server must not hide the report's path below
+        return f"{uri}  (parent run {run_id})"
+    if url := run_url(uri, experiment_id, run_id):
+        return url
+    page = run_url("http://127.0.0.1:5000", experiment_id, run_id)
+    return f"mlflow ui --backend-store-uri {uri}  then open {page}"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
