@@ -181,3 +181,41 @@ def test_a_turn_whose_content_is_a_number_rejects_its_row_only(tmp_path):
     assert result.frame["messages"].to_list() == [rows[1]]
     assert result.rejects.select("_source_row", "field", "reason", "detail").rows() == [
         (0, "messages[1].content", "not_a_string", "turn 1 (assistant) content is a number 2, expected text")]
+
+
+def test_a_folder_whose_files_type_a_messages_column_differently_rejects_only_the_odd_row(tmp_path):
+    turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    odd = [{"role": "user", "content": "q2"}, {"role": "assistant", "content": 2}]
+    write(tmp_path / "a.jsonl", json.dumps({"messages": turns}) + "\n")
+    write(tmp_path / "b.jsonl", json.dumps({"messages": odd}) + "\n" + json.dumps({"messages": turns}) + "\n")
+    cfg = source(tmp_path, columns={"kind": "messages"})
+    result = transform(download(cfg).frame, cfg)
+    assert result.frame["messages"].to_list() == [turns, turns]
+    assert result.rejects.select("_source_file", "_source_row", "reason").rows() == [
+        (str(tmp_path / "b.jsonl"), 0, "not_a_string")]
+
+
+def test_a_text_column_nested_in_another_file_fails_the_source(tmp_path):
+    write(tmp_path / "a.jsonl", '{"question": "q", "answer": "text"}\n')
+    write(tmp_path / "b.jsonl", '{"question": "q", "answer": {"text": "nested"}}\n')
+    with pytest.raises(DataError, match=r"files do not form one table: column 'answer' holds String in "
+                                        rf"{tmp_path / 'a.jsonl'} but Struct\(\{{'text': String\}}\) in "
+                                        rf"{tmp_path / 'b.jsonl'}"):
+        download(source(tmp_path))
+
+
+def test_a_float_column_in_one_parquet_file_and_text_in_another_fails_the_source(tmp_path):
+    pl.DataFrame({"question": ["q"], "answer": [19.90]}).write_parquet(tmp_path / "a.parquet")
+    pl.DataFrame({"question": ["q"], "answer": ["19.90"]}).write_parquet(tmp_path / "b.parquet")
+    with pytest.raises(DataError, match="column 'answer' holds Float64 in .*a.parquet but String in"):
+        download(source(tmp_path))
+
+
+def test_files_whose_turns_differ_in_weight_keep_every_weight(tmp_path):
+    plain = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    weighted = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0},
+                {"role": "user", "content": "q2"}, {"role": "assistant", "content": "b", "weight": 1}]
+    write(tmp_path / "a.jsonl", json.dumps({"messages": plain}) + "\n")
+    write(tmp_path / "b.jsonl", json.dumps({"messages": weighted}) + "\n")
+    assert chat(tmp_path, columns={"kind": "messages"}) == [
+        [{"weight": None, **t} for t in plain], [{"weight": None, **t} for t in weighted]]

@@ -26,7 +26,7 @@ from fsspec.core import url_to_fs
 
 from mixtune.storage.artifacts import fingerprint, storage_options
 from mixtune.errors import DataError
-from mixtune.prepare.formats import format_of, parse_file
+from mixtune.prepare.formats import format_of, json_text, parse_file, parse_json_text
 from mixtune.sections import SourceConfig, StorageConfig
 
 LINEAGE_COLUMNS = ("_row_id", "_source_file", "_source_row")
@@ -178,11 +178,56 @@ def _with_row_ids(frame: pl.DataFrame) -> pl.DataFrame:
 def _concat(frames: list[pl.DataFrame], source_uri: str) -> pl.DataFrame:
     if len(frames) == 1:
         return frames[0]
+    frames = _one_type_per_column(frames, source_uri)
     try:
         # Files may differ in columns (missing ones become null) but not in meaning.
         return pl.concat(frames, how="diagonal_relaxed")
     except Exception as exc:  # noqa: BLE001 - polars raises several schema errors
         raise DataError(source_uri, f"files do not form one table: {exc}") from None
+
+
+def _one_type_per_column(frames: list[pl.DataFrame], source_uri: str) -> list[pl.DataFrame]:
+    """Frames whose shared columns have one type, without changing a value's text.
+
+    polars' relaxed concat would cast to a common type and write a struct into a text
+    column as '{"nested"}' or a float as 19.9. Here integer widths may differ; a column that
+    is nested in one file and nested differently, or JSON text (``formats``: turns that do
+    not share one type), in another becomes JSON text in every file, so an odd row is
+    rejected later with its reason. Any other difference fails the source, naming both files.
+    """
+    columns = list(dict.fromkeys(c for f in frames for c in f.columns))
+    as_json_text = []
+    for column in columns:
+        typed = [(f.schema[column], f) for f in frames if f.schema.get(column, pl.Null) != pl.Null]
+        kinds = list(dict.fromkeys(dtype for dtype, _ in typed))
+        if len(kinds) <= 1 or all(k.is_integer() for k in kinds):
+            continue
+        if all(k.is_nested() or k == pl.String for k in kinds) and all(
+                _is_json_text(f.get_column(column)) for dtype, f in typed if dtype == pl.String):
+            as_json_text.append(column)
+            continue
+        (first, first_frame), (other, other_frame) = typed[0], next(t for t in typed if t[0] != typed[0][0])
+        raise DataError(source_uri, f"files do not form one table: column {column!r} holds {first} in "
+                                    f"{first_frame['_source_file'][0]} but {other} in "
+                                    f"{other_frame['_source_file'][0]}", field=column)
+    return [
+        frame.with_columns(
+            pl.Series(c, [None if v is None else json_text(v) for v in frame.get_column(c).to_list()],
+                      dtype=pl.String)
+            for c in as_json_text if frame.schema.get(c, pl.Null).is_nested())
+        for frame in frames
+    ]
+
+
+def _is_json_text(texts: pl.Series) -> bool:
+    """Every value is JSON text of an array or object (text in prose form never is)."""
+    for text in texts.drop_nulls().to_list():
+        try:
+            if not isinstance(parse_json_text(text), (list, dict)):
+                return False
+        except ValueError:  # json.JSONDecodeError included
+            return False
+    return True
 
 
 # --- Hugging Face datasets ---
