@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,20 +15,24 @@ from mixtune.eval.general import flatten_scores, resolve_offline, run_general
 from mixtune.eval.benchmarks import (
     PROJECT_DATA_DIR,
     arc_challenge_offline_task,
+    arc_easy_offline_task,
     gsm8k_fewshot_pool,
     gsm8k_offline_task,
     ifeval_offline_task,
     mmlu_offline_tasks,
     offline_data_files,
+    offline_tasks,
+    piqa_offline_task,
     use_project_nltk_data,
 )
 
 # Small and fast: one shared setting, so each run is a single simple_evaluate call, and 1 shot
-# exercises every few-shot source (mmlu dev, gsm8k train rows, arc dev; ifeval stays 0-shot by design).
+# exercises every few-shot source (mmlu dev, gsm8k train rows, arc dev, arc_easy and piqa validation;
+# ifeval stays 0-shot by design).
+BENCHMARKS = ("mmlu", "ifeval", "gsm8k", "arc_challenge", "arc_easy", "piqa")
 SETTINGS = dict(
     offline=True, device="cpu", dtype="float32", batch_size=16, max_length=1024,
-    general_tasks=[{"name": n, "limit": 2, "num_fewshot": 1, "max_gen_toks": 8}
-                   for n in ("mmlu", "ifeval", "gsm8k", "arc_challenge")],
+    general_tasks=[{"name": n, "limit": 2, "num_fewshot": 1, "max_gen_toks": 8} for n in BENCHMARKS],
 )
 EXPECTED_KEYS = {
     "mmlu/acc", "mmlu_medical/acc",
@@ -35,6 +40,8 @@ EXPECTED_KEYS = {
     "ifeval/prompt_level_loose_acc", "ifeval/inst_level_loose_acc",
     "gsm8k/exact_match.strict-match", "gsm8k/exact_match.flexible-extract",
     "arc_challenge/acc", "arc_challenge/acc_norm",
+    "arc_easy/acc", "arc_easy/acc_norm",
+    "piqa/acc", "piqa/acc_norm",
 }
 INSTALLED_TASKS = Path(__import__("lm_eval").__file__).parent / "tasks"
 
@@ -61,7 +68,8 @@ def test_every_offline_benchmark_reports_its_standard_metrics(runs):
         assert set(run.scores) == EXPECTED_KEYS
         assert all(0.0 <= v <= 1.0 for v in run.scores.values())
         subjects = len(list((PROJECT_DATA_DIR / "mmlu" / "test").glob("*_test.csv")))
-        assert run.docs_evaluated == {"mmlu": 2 * subjects, "ifeval": 2, "gsm8k": 2, "arc_challenge": 2}
+        assert run.docs_evaluated == {"mmlu": 2 * subjects, "ifeval": 2, "gsm8k": 2, "arc_challenge": 2,
+                                      "arc_easy": 2, "piqa": 2}
         assert len(run.raw_results) == 1  # one shared setting, one simple_evaluate call
 
 
@@ -124,6 +132,54 @@ def test_arc_gsm8k_and_ifeval_prompts_render_like_the_standard_tasks(runs):
     assert samples["ifeval_offline"][0]["arguments"][0][0] == ifeval["prompt"]
 
 
+def test_arc_easy_and_piqa_prompts_render_like_the_standard_tasks(runs):
+    samples = runs[0].samples
+    # ARC-Easy: as ARC-Challenge; the test file is in the hub schema, the shot comes from validation.
+    arc = _jsonl("arc_easy/ARC-Easy-test.jsonl")[0]
+    arc_args = samples["arc_easy_offline"][0]["arguments"]
+    assert [a[1] for a in arc_args] == [f" {c}" for c in arc["choices"]["text"]]
+    shot, rest = arc_args[0][0].split("\n\n", 1)
+    assert rest == f"Question: {arc['question']}\nAnswer:"
+    assert shot in {f"Question: {d['question']}\nAnswer: {d['choices']['text'][d['choices']['label'].index(d['answerKey'])]}"
+                    for d in _jsonl("arc_easy/ARC-Easy-validation.jsonl")}
+    assert samples["arc_easy_offline"][0]["target"] == arc["choices"]["label"].index(arc["answerKey"])
+    # PIQA: "Question: <goal>\nAnswer:" scored against sol1 and sol2; the label comes from the .lst file.
+    questions = _jsonl("piqa/valid.jsonl")
+    labels = (PROJECT_DATA_DIR / "piqa" / "valid-labels.lst").read_text().split()
+    for sample in samples["piqa_offline"]:
+        doc = questions[sample["doc_id"]]
+        args = sample["arguments"]
+        assert [a[1] for a in args] == [f" {doc['sol1']}", f" {doc['sol2']}"]
+        shot, rest = args[0][0].split("\n\n", 1)
+        assert rest == f"Question: {doc['goal']}\nAnswer:"
+        others = {f"Question: {q['goal']}\nAnswer: {q['sol' + str(int(y) + 1)]}"
+                  for q, y in zip(questions, labels) if q != doc}
+        assert shot in others  # a validation shot, never the question itself
+        assert sample["target"] == int(labels[sample["doc_id"]])
+
+
+def test_arc_easy_and_piqa_ship_their_whole_standard_split():
+    [arc] = offline_tasks("arc_easy")
+    [piqa] = offline_tasks("piqa")
+    arc_data, piqa_data = arc["custom_dataset"](), piqa["custom_dataset"]()
+    assert (arc_data["test"].num_rows, arc_data["validation"].num_rows) == (2376, 570)
+    assert piqa_data["validation"].num_rows == 1838
+    labels = (PROJECT_DATA_DIR / "piqa" / "valid-labels.lst").read_text().split()
+    assert piqa_data["validation"][5] == _jsonl("piqa/valid.jsonl")[5] | {"label": int(labels[5])}
+    assert piqa_data["validation"]["label"] == [int(y) for y in labels]
+
+
+def test_piqa_labels_that_do_not_match_the_questions_are_refused(tmp_path):
+    shutil.copytree(PROJECT_DATA_DIR / "piqa", tmp_path / "piqa")
+    labels = tmp_path / "piqa" / "valid-labels.lst"
+    labels.write_text(labels.read_text().replace("0\n", "2\n", 1))
+    with pytest.raises(ConfigError, match="valid-labels.lst: line 1: label '2' is not 0 or 1"):
+        piqa_offline_task(tmp_path)["custom_dataset"]()
+    labels.write_text("0\n1\n")
+    with pytest.raises(ConfigError, match="2 labels for 1838 rows of .*valid.jsonl"):
+        piqa_offline_task(tmp_path)["custom_dataset"]()
+
+
 def test_ifeval_is_scored_by_lm_evals_own_checker(runs):
     from lm_eval.tasks.ifeval.utils import process_results
 
@@ -164,6 +220,8 @@ def _scoring_fields(cfg: dict) -> dict:
     ("ifeval/ifeval.yaml", ifeval_offline_task),
     ("gsm8k/gsm8k.yaml", gsm8k_offline_task),
     ("arc/arc_challenge.yaml", arc_challenge_offline_task),
+    ("arc/arc_easy.yaml", arc_easy_offline_task),
+    ("piqa/piqa.yaml", piqa_offline_task),
 ])
 def test_offline_task_matches_the_installed_standard_task_field_by_field(installed, build):
     assert _scoring_fields(build(PROJECT_DATA_DIR)) == _scoring_fields(_installed(installed))
@@ -224,6 +282,8 @@ def test_offline_data_files_cover_every_benchmark_and_the_shot_pool():
     files = offline_data_files()
     relative = {str(p.relative_to(PROJECT_DATA_DIR)) for p in files}
     assert {"ifeval/input_data.jsonl", "gsm8k/test.jsonl", "arc_challenge/ARC-Challenge-Test.jsonl",
+            "arc_easy/ARC-Easy-test.jsonl", "arc_easy/ARC-Easy-validation.jsonl",
+            "piqa/valid.jsonl", "piqa/valid-labels.lst",
             "mmlu/dev/anatomy_dev.csv", "mmlu/test/anatomy_test.csv",
             "nltk_data/tokenizers/punkt_tab/english/ortho_context.tab"} <= relative
     assert gsm8k_fewshot_pool(PROJECT_DATA_DIR) in files

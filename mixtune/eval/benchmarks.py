@@ -3,7 +3,7 @@
 No hub is reachable offline, so each benchmark is rebuilt as inline lm-eval
 task configs. The data is loaded by a ``custom_dataset`` function into the
 schema of the hub dataset the standard task reads (cais/mmlu, google/IFEval,
-openai/gsm8k, allenai/ai2_arc), so the standard prompt templates, targets,
+openai/gsm8k, allenai/ai2_arc, baber/piqa), so the standard prompt templates, targets,
 choices, filters and metrics apply unchanged; those fields are copied from the
 installed lm-eval YAMLs and ``tests/test_eval_general.py`` compares them field
 by field. Paths are absolute, computed at run time (lm-eval resolves relative
@@ -14,6 +14,8 @@ data paths against the working directory).
     ifeval        ifeval_offline, scored by lm-eval's own IFEval checker
     gsm8k         gsm8k_offline, 5-shot from GSM8K train rows (``GSM8K_FEWSHOT_POOLS``)
     arc_challenge arc_challenge_offline, 0-shot; shots, if asked for, come from the dev file
+    arc_easy      arc_easy_offline, whole test split, 0-shot; shots, if asked for, come from validation
+    piqa          piqa_offline, whole validation split (what lm-eval scores), 0-shot
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ MMLU_MEDICAL_SUBJECTS = (
     "anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
     "professional_medicine",
 )
-OFFLINE_BENCHMARKS = ("mmlu", "ifeval", "gsm8k", "arc_challenge")
+OFFLINE_BENCHMARKS = ("mmlu", "ifeval", "gsm8k", "arc_challenge", "arc_easy", "piqa")
 # The full train file gives the published harness's exact shots; the math category's first 300 train
 # rows (same schema, same order) give the same prompt format with shots drawn from a smaller pool.
 GSM8K_FEWSHOT_POOLS = ("gsm8k/train.jsonl", "categories/math/gsm8k_train_first300.jsonl")
@@ -113,7 +115,31 @@ def _load_arc(test_file: str, dev_file: str, **_task_metadata: Any):
     return _dataset_dict({"test": _arc_rows(Path(test_file)), "validation": _arc_rows(Path(dev_file))})
 
 
-# --- offline task configs: fields as in lm_eval/tasks/{mmlu/default,ifeval,gsm8k,arc}/*.yaml ---
+def _load_arc_easy(test_file: str, validation_file: str, **_task_metadata: Any):
+    """The shipped ARC-Easy files are already in the allenai/ai2_arc schema."""
+    return _dataset_dict({"test": _read_jsonl(Path(test_file)), "validation": _read_jsonl(Path(validation_file))})
+
+
+def _piqa_rows(questions: Path, labels: Path) -> list[dict[str, Any]]:
+    """PIQA's ``X.jsonl`` (goal, sol1, sol2) + line-aligned ``X-labels.lst`` -> baber/piqa rows (+ label 0/1).
+
+    Raises ConfigError when the two files disagree on length or a label is not 0 or 1.
+    """
+    rows = _read_jsonl(questions)
+    answers = labels.read_text(encoding="utf-8").split()
+    errors = [f"{labels}: line {i}: label {a!r} is not 0 or 1" for i, a in enumerate(answers, 1) if a not in ("0", "1")]
+    if len(answers) != len(rows):
+        errors.append(f"{labels}: {len(answers)} labels for {len(rows)} rows of {questions}")
+    if errors:
+        raise ConfigError(errors)
+    return [row | {"label": int(a)} for row, a in zip(rows, answers)]
+
+
+def _load_piqa(questions_file: str, labels_file: str, **_task_metadata: Any):
+    return _dataset_dict({"validation": _piqa_rows(Path(questions_file), Path(labels_file))})
+
+
+# --- offline task configs: fields as in lm_eval/tasks/{mmlu/default,ifeval,gsm8k,arc,piqa}/*.yaml ---
 
 
 def mmlu_subjects(data_dir: Path) -> list[str]:
@@ -231,10 +257,53 @@ def arc_challenge_offline_task(data_dir: Path) -> dict[str, Any]:
     }
 
 
+def arc_easy_offline_task(data_dir: Path) -> dict[str, Any]:
+    arc = data_dir / "arc_easy"
+    return {
+        "task": "arc_easy_offline",
+        "dataset_path": str(arc),
+        "custom_dataset": functools.partial(_load_arc_easy, test_file=str(arc / "ARC-Easy-test.jsonl"),
+                                            validation_file=str(arc / "ARC-Easy-validation.jsonl")),
+        "output_type": "multiple_choice",
+        "validation_split": "validation",  # no ARC train split is shipped; few-shot, if asked, uses validation
+        "test_split": "test",
+        "doc_to_text": "Question: {{question}}\nAnswer:",
+        "doc_to_target": "{{choices.label.index(answerKey)}}",
+        "doc_to_choice": "{{choices.text}}",
+        "should_decontaminate": True,
+        "doc_to_decontamination_query": "Question: {{question}}\nAnswer:",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+                        {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1.0},
+    }
+
+
+def piqa_offline_task(data_dir: Path) -> dict[str, Any]:
+    piqa = data_dir / "piqa"
+    return {
+        "task": "piqa_offline",
+        "dataset_path": str(piqa),
+        "custom_dataset": functools.partial(_load_piqa, questions_file=str(piqa / "valid.jsonl"),
+                                            labels_file=str(piqa / "valid-labels.lst")),
+        "output_type": "multiple_choice",
+        "validation_split": "validation",  # scored split, as in the standard task; PIQA train is not shipped
+        "test_split": None,
+        "doc_to_text": "Question: {{goal}}\nAnswer:",
+        "doc_to_target": "label",
+        "doc_to_choice": "{{[sol1, sol2]}}",
+        "should_decontaminate": True,
+        "doc_to_decontamination_query": "goal",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+                        {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1.0},
+    }
+
+
 def offline_tasks(benchmark: str, data_dir: Path = PROJECT_DATA_DIR) -> list[dict[str, Any]]:
     """The inline lm-eval task configs standing in for one standard benchmark."""
     builders = {"mmlu": mmlu_offline_tasks, "ifeval": lambda d: [ifeval_offline_task(d)],
-                "gsm8k": lambda d: [gsm8k_offline_task(d)], "arc_challenge": lambda d: [arc_challenge_offline_task(d)]}
+                "gsm8k": lambda d: [gsm8k_offline_task(d)], "arc_challenge": lambda d: [arc_challenge_offline_task(d)],
+                "arc_easy": lambda d: [arc_easy_offline_task(d)], "piqa": lambda d: [piqa_offline_task(d)]}
     if benchmark not in builders:
         raise ConfigError([f"eval.general_tasks: {benchmark!r} has no offline task set; offline benchmarks are "
                            f"{list(OFFLINE_BENCHMARKS)} (or set eval.offline: false with hub access)"])
@@ -243,7 +312,7 @@ def offline_tasks(benchmark: str, data_dir: Path = PROJECT_DATA_DIR) -> list[dic
 
 def offline_data_files(data_dir: Path = PROJECT_DATA_DIR) -> list[Path]:
     """Every file the offline task set reads: fingerprint these to key a cached base-model result."""
-    folders = ["mmlu", "ifeval", "gsm8k", "arc_challenge", "nltk_data"]
+    folders = ["mmlu", "ifeval", "gsm8k", "arc_challenge", "arc_easy", "piqa", "nltk_data"]
     files = [p for f in folders for p in sorted((data_dir / f).rglob("*")) if p.is_file() and p.suffix != ".md"]
     pool = gsm8k_fewshot_pool(data_dir)
     return files + ([pool] if pool and pool not in files else [])

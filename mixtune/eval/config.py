@@ -22,7 +22,10 @@ DomainScoreName = Literal["exact_match", "token_f1", "rouge_l", "accuracy", "mac
 class GeneralTask(StrictModel):
     """One lm-eval benchmark. A plain string in YAML is shorthand for ``{name: <string>}``."""
 
-    name: str = Field(description="standard lm-eval task or group name, e.g. mmlu, ifeval, gsm8k, arc_challenge")
+    name: str = Field(
+        description="standard lm-eval task or group name, e.g. mmlu, ifeval, gsm8k, arc_challenge; offline "
+                    "(shipped data): mmlu, ifeval, gsm8k, arc_challenge, arc_easy, piqa",
+    )
     limit: int | float | None = Field(
         None, gt=0,
         description="documents per task (per subject for mmlu); a float below 1 is a fraction; null = all",
