@@ -10,13 +10,16 @@ anything that looks like one.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import posixpath
 import re
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from mixtune.errors import MixtuneError
 from mixtune.sections import StorageConfig, TrackingConfig
 from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
 
@@ -32,6 +35,34 @@ def tracking_uri(tracking: TrackingConfig, storage: StorageConfig) -> str:
     if storage.root.startswith("s3://"):
         return f"sqlite:///{Path('.mixtune/mlflow.db').resolve()}"
     return f"sqlite:///{Path(storage.root).resolve().parent / 'mlflow.db'}"
+
+
+TRACKING_CHECK_TIMEOUT_S = 5.0
+
+
+def check_tracking_reachable(uri: str, timeout_s: float = TRACKING_CHECK_TIMEOUT_S) -> None:
+    """Raise ``MixtuneError`` naming ``tracking.mlflow_tracking_uri`` when an MLflow server does not answer.
+
+    One GET of the server's ``/health`` with a short timeout, at the start of a
+    run: a server that is down is reported in seconds, not after MLflow's own
+    retries (minutes). File and database URIs are not servers and pass.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered: a server behind a proxy may not serve /health, yet it is up
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise MixtuneError(
+            f"tracking.mlflow_tracking_uri: no MLflow server answers at {uri} within {timeout_s:g} s ({reason}); "
+            "start it (mlflow server), fix the URI, or leave the setting out to track into a local sqlite file"
+        ) from None
 
 
 def _artifact_location(tracking: TrackingConfig, storage: StorageConfig) -> str | None:
@@ -85,6 +116,7 @@ def mlflow_run(
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     client_uri = tracking_uri(tracking, storage)
+    check_tracking_reachable(client_uri)
     if client_uri.startswith("sqlite:///"):  # sqlite creates the file, never its folder
         Path(client_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(client_uri)
@@ -168,3 +200,86 @@ def run_url(tracking_uri_: str, experiment_id: str, run_id: str) -> str | None:
     if not tracking_uri_.startswith(("http://", "https://")):
         return None
     return f"{tracking_uri_.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+class BufferedMetrics:
+    """Training metrics for one MLflow run, sent from a background thread: the tracker never stops training.
+
+    ``log(step, {key: value})`` only queues; a daemon thread sends each batch
+    with ``MlflowClient.log_batch``. When the server is gone the thread keeps
+    the batch and retries (1 s, doubling to 30 s) while training goes on.
+    ``close(timeout_s)`` waits for the queue to drain; whatever was not sent
+    by then is written to ``unsent_path`` as JSON lines ``{"step", "key",
+    "value", "timestamp_ms"}`` and returned with the error, so the caller
+    reports it once instead of losing the run.
+    """
+
+    MAX_BATCH = 1000  # MLflow's cap on metrics per request
+
+    def __init__(self, tracking_uri_: str, run_id: str, unsent_path: str | Path) -> None:
+        import queue
+        import threading
+
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri, self.run_id, self.unsent_path = tracking_uri_, run_id, Path(unsent_path)
+        self._client = MlflowClient(tracking_uri_)
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._in_flight: list[Any] = []
+        self._closing = threading.Event()
+        self.error: BaseException | None = None
+        self.sent_batches = 0
+        self._thread = threading.Thread(target=self._send_all, name="mixtune-mlflow-metrics", daemon=True)
+        self._thread.start()
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        for start in range(0, len(batch), self.MAX_BATCH):
+            self._queue.put(batch[start:start + self.MAX_BATCH])
+
+    __call__ = log
+
+    def _send_all(self) -> None:
+        wait_s = 1.0
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            with self._lock:
+                self._in_flight = batch
+            while True:
+                try:
+                    self._client.log_batch(self.run_id, metrics=batch)
+                    self.sent_batches += 1
+                    wait_s = 1.0
+                    break
+                except Exception as error:  # an outage: keep the batch, keep training, retry later
+                    self.error = error
+                    if self._closing.wait(wait_s):
+                        return  # close() reports what is left
+                    wait_s = min(wait_s * 2, 30.0)
+            with self._lock:
+                self._in_flight = []
+
+    def close(self, timeout_s: float = 30.0) -> tuple[int, BaseException | None]:
+        """Send what is queued within ``timeout_s``; (metric values left unsent, last error)."""
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+        self._closing.set()
+        self._thread.join(1.0)
+        with self._lock:
+            unsent = list(self._in_flight)
+        while not self._queue.empty():
+            batch = self._queue.get_nowait()
+            unsent += batch or []
+        if unsent:
+            self.unsent_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.unsent_path, "w", encoding="utf-8") as f:
+                for m in unsent:
+                    f.write(json.dumps({"step": m.step, "key": m.key, "value": m.value,
+                                        "timestamp_ms": m.timestamp}) + "\n")
+        return len(unsent), (self.error if unsent else None)

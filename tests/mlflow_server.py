@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Iterator
 
 
+_SERVERS: dict[str, subprocess.Popen] = {}  # url -> server process, for stop_mlflow_server
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -44,11 +47,26 @@ def running_mlflow_server(workdir: Path, timeout_s: float = 90) -> Iterator[str]
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"mlflow server did not start; see {workdir / 'mlflow-server.log'}")
             time.sleep(0.2)
+        _SERVERS[url] = proc
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _SERVERS.pop(url, None)
+        stop_process_group(proc)
         log.close()
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group, SIGKILL after 15 s; a group already gone is fine."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
+
+
+def stop_mlflow_server(url: str) -> None:
+    """Stop a running server now (an outage in the middle of a test); its context exit is then a no-op."""
+    stop_process_group(_SERVERS[url])
