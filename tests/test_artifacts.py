@@ -96,3 +96,35 @@ def test_a_failed_write_leaves_the_old_file_whole_and_no_temporary_file(tmp_path
     monkeypatch.undo()
     assert store.read_json(uri) == {"version": 1}
     assert sorted(p.name for p in (tmp_path / "root" / "stage" / "a").iterdir()) == ["manifest.json"]
+
+
+def test_concurrent_publishers_of_one_folder_never_collide(tmp_path):
+    """Two runs on one fresh root built the same model at once; the second crashed renaming the shared
+    `.partial` folder ('Directory not empty'). Each writer now fills its own folder; the first rename wins."""
+    import threading
+
+    from mixtune.storage.artifacts import publish_dir
+
+    destination = tmp_path / "models" / "tiny-abc"
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def fill(partial):
+        (partial / "config.json").write_text("{}")
+        barrier.wait()  # every writer has a half-filled folder before any renames
+        (partial / "model.safetensors").write_bytes(b"w" * 1000)
+
+    def publish():
+        try:
+            publish_dir(fill, destination)
+        except BaseException as error:  # noqa: BLE001 - the test reports any
+            errors.append(error)
+
+    threads = [threading.Thread(target=publish) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(p.name for p in destination.iterdir()) == ["config.json", "model.safetensors"]
+    assert [p.name for p in destination.parent.iterdir()] == ["tiny-abc"]  # no partial folder left behind

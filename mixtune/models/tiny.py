@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from mixtune.storage.artifacts import ArtifactStore, fingerprint
+from mixtune.storage.artifacts import ArtifactStore, fingerprint, publish_dir
 from mixtune.sections import TINY_MODEL, ModelConfig, TinyModelConfig
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
@@ -127,6 +127,9 @@ def local_model_cache(store: ArtifactStore) -> Path:
     return Path(tempfile.gettempdir()) / "mixtune-models" / fingerprint(store.cfg.root)[:12]
 
 
+_UPLOADED = ".uploaded"  # written after every other file of a tiny model on a remote root
+
+
 def resolve_model(model: ModelConfig, store: ArtifactStore) -> str:
     """A path or hub id that ``from_pretrained`` can load; builds the tiny model when asked.
 
@@ -140,24 +143,24 @@ def resolve_model(model: ModelConfig, store: ArtifactStore) -> str:
     if (local / "config.json").exists():
         return str(local)
     remote = store.uri("models", name)
-    if not store.is_local and store.exists(f"{remote}/config.json"):
+    # The marker is uploaded last: a folder cut short by an outage or a concurrent upload is not used.
+    if not store.is_local and store.exists(f"{remote}/{_UPLOADED}"):
         return str(store.fetch_dir(remote, local))
     with tempfile.TemporaryDirectory() as tmp:
         build_tiny_model(model.tiny, tmp)
         if not store.is_local:
             store.put_dir(tmp, remote)
+            store.write_bytes(f"{remote}/{_UPLOADED}", b"")
         local.parent.mkdir(parents=True, exist_ok=True)
         _copy_tree(Path(tmp), local)
     return str(local)
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
+    """Copy into place atomically; a concurrent run that built the same model first keeps its copy."""
     import shutil
 
-    partial = dst.with_name(dst.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(src, partial)
-    partial.rename(dst)  # atomic: a half-copied model is never seen as complete
+    publish_dir(lambda partial: shutil.copytree(src, partial, dirs_exist_ok=True), dst)
 
 
 def load_tokenizer(path_or_id: str, model: ModelConfig):

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import fsspec
 import polars as pl
@@ -194,17 +194,13 @@ class ArtifactStore:
     def fetch_dir(self, uri: str, local_dir: Path) -> Path:
         """A local copy of a folder (HF loaders need local files), fetched once.
 
-        Copied into ``<name>.partial`` and renamed, so a reader (another
-        worker, a crashed run's successor) sees all of it or none.
+        Copied into a private ``<name>.partial-*`` folder and renamed
+        (``publish_dir``), so a reader (another worker, a crashed run's
+        successor, a concurrent run) sees all of it or none.
         """
         if local_dir.is_dir():
             return local_dir
-        partial = local_dir.with_name(local_dir.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        self.get_dir(uri, str(partial))
-        partial.rename(local_dir)
-        return local_dir
+        return publish_dir(lambda partial: self.get_dir(uri, str(partial)), local_dir)
 
     # --- tables ---
 
@@ -291,6 +287,28 @@ class ArtifactStore:
 
     def manifest(self, ref: ArtifactRef) -> dict[str, Any]:
         return self.read_json(f"{ref.uri}/{MANIFEST}")
+
+
+def publish_dir(fill: Callable[[Path], Any], destination: Path) -> Path:
+    """Fill a private folder beside ``destination``, then rename it into place; returns ``destination``.
+
+    For folders whose content is fixed by their name (a fetched artifact, a
+    built model): each writer gets its own ``<name>.partial-*`` folder, so two
+    concurrent runs never delete or fill each other's, and when another run
+    renamed its copy into place first, that copy is kept and this one dropped.
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f"{destination.name}.partial-", dir=destination.parent))
+    try:
+        fill(partial)
+        try:
+            partial.rename(destination)  # atomic: a half-written folder is never seen as complete
+        except OSError:
+            if not destination.is_dir():
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # gone after a rename; left over after a lost race
+    return destination
 
 
 def open_uri(uri: str, mode: str = "rb", storage: StorageConfig | None = None):
