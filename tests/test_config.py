@@ -91,7 +91,8 @@ def test_cli_config_check_prints_resolved_config(capsys):
     assert main(["config", "check", str(REPO / "configs" / "demo.yaml")]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["data"]["sources"][0]["uri"].endswith("data/medquad/medquad.jsonl")
-    assert printed["validate"]["max_length"] == 512
+    assert printed["validate"]["max_length"] == 256
+    assert printed["model"]["name_or_path"] == "smollm2-135m-instruct"  # the real model is the default demo
 
 
 def test_cli_config_check_reports_errors_and_exits_nonzero(tmp_path, capsys):
