@@ -151,3 +151,27 @@ def test_messages_turns_without_content_field_fail_the_file():
     frame = _frame(messages=[[{"from": "human", "value": "q"}]])
     with pytest.raises(DataError, match="expected text fields role and content"):
         transform(frame, _source(columns={"kind": "messages"}))
+
+
+def test_typed_turns_reject_non_text_content_and_any_other_weight_naming_the_turn():
+    # Parquet or hub columns: types come from the file, and each row is judged on its own.
+    typed = pl.List(pl.Struct({"role": pl.String, "content": pl.Int64}))
+    result = transform(_frame(messages=pl.Series([[{"role": "user", "content": 2}], None], dtype=typed)),
+                       _source(columns={"kind": "messages"}))
+    assert result.rejects.select("field", "reason", "detail").rows() == [
+        ("messages[0].content", "not_a_string", "turn 0 (user) content is Int64 2, expected text"),
+        ("messages", "missing_value", "column 'messages' is null")]
+
+    rule = "a weight must be the number 0 (context, not trained) or 1 (trained), on an assistant turn"
+    # Only numbers equal to 0 or 1 are weights: every text or boolean weight is rejected.
+    for dtype, weights, rejected in [(pl.Float64, [0.0, 0.5], {1: "0.5"}),
+                                     (pl.String, ["0", "1"], {0: '"0"', 1: '"1"'}),
+                                     (pl.Boolean, [None, True], {1: "true"})]:
+        turn = pl.Struct({"role": pl.String, "content": pl.String, "weight": dtype})
+        rows = [[U("q"), {**A("a"), "weight": w}] for w in weights]
+        result = transform(_frame(messages=pl.Series(rows, dtype=pl.List(turn))),
+                           _source(columns={"kind": "messages"}))
+        assert result.rejects.select("_row_id", "field", "reason", "detail").rows() == [
+            (row, "messages[1].weight", "invalid_weight", f"turn 1 (assistant) has weight {shown}; {rule}")
+            for row, shown in rejected.items()]
+        assert result.frame.schema["messages"] == WEIGHTED_MESSAGES_DTYPE

@@ -267,7 +267,7 @@ def _typed_turn_problems(column: str, fields: dict[str, pl.DataType]) -> dict[st
     checks: list[tuple[str, pl.Expr, str, str]] = [("bad_messages", role.is_null(), "role", "")]
     if fields["content"] not in (pl.String, pl.Null):
         checks.append(("not_a_string", turn.field("content").is_not_null(), "content",
-                       f"content is {fields['content']}, expected text"))
+                       f"content is {fields['content']} {{value}}, expected text"))
     if "weight" in fields:
         weight = turn.field("weight")
         numeric = fields["weight"].is_numeric() and fields["weight"] != pl.Boolean
@@ -286,7 +286,7 @@ def _typed_turn_problems(column: str, fields: dict[str, pl.DataType]) -> dict[st
             field_name, detail = pl.lit(column), pl.concat_str(pl.lit("turn "), turn_text, pl.lit(" has no role"))
         else:
             at = pl.col(column).list.get(index, null_on_oob=True).struct
-            value = pl.lit("")
+            value = pl.lit("(a nested value)")
             if not fields[key].is_nested():
                 value = at.field(key).cast(pl.String)
                 value = pl.concat_str(pl.lit('"'), value, pl.lit('"')) if fields[key] == pl.String else value
