@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prefect import flow
+from pydantic import Field
+from pydantic.fields import FieldInfo
 
 from mixtune.flows.evaluate import ComparisonResult, EvalScores, evaluate
 from mixtune.flows.pipeline import mix_name, mix_run
@@ -56,12 +58,31 @@ def _run_label(parameters: dict[str, Any]) -> str:
 
 
 @flow(name="sweep", log_prints=True, flow_run_name=flow_run_namer("sweep", _run_label))
-def sweep(config: MixtuneConfig, domain_percents: list[float] | None = None,
+def sweep(config: MixtuneConfig = Field(json_schema_extra={"position": 10}),
+          domain_percents: list[float] | None = DEFAULT_DOMAIN_PERCENTS,  # never mutated
           mixes: list[dict[str, Any]] | None = None, max_concurrency: int = 1,
           train_deployment: str | None = None) -> ComparisonResult:
-    """Prepare once, evaluate the base once, then one child flow run per mix, then compare them all."""
+    """Prepare once, evaluate the base once, then one child flow run per mix, then compare them all.
+
+    ``config`` is listed last in a deployment's Run form (its schema position):
+    the sweep's own knobs come first, the long run config after them.
+
+    Args:
+        config: The run config (configs/*.yaml as a mapping); its mix's category weights are used by every
+            blend of a domain_percents grid.
+        domain_percents: Domain share of every training batch, in percent (0-100], one mix per value; the
+            config's category weights split the rest. The domain-only control (100) is always added. Ignored
+            when mixes is given.
+        mixes: Explicit mixes instead of a grid, each like {domain_percent: 75, weights: {math: 2, code: 1}}
+            (deployments/sweeps/*.yaml); empty = the domain_percents grid.
+        max_concurrency: Mixes trained and evaluated at the same time (each holds a model in memory).
+        train_deployment: A train deployment to run each mix's training on (e.g. train/mixtune-train on the
+            gpu pool); empty = train in this flow run's process.
+    """
     import mlflow
 
+    if isinstance(config, FieldInfo):  # the signature's Field only orders the Run form; it is no default
+        raise TypeError("sweep() missing required argument: 'config' (the run config)")
     config = resolve_config(config)  # a deployment passes it unresolved
     specs = sweep_mixes(config.mix, domain_percents, mixes)
     categories = sorted({c for spec in specs for c in spec.category_weights()})

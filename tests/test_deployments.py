@@ -219,6 +219,22 @@ def test_sweep_file_is_a_valid_set_of_sweep_parameters(path):
     assert params["max_concurrency"] >= 1
 
 
+def test_sweep_run_form_lists_its_own_knobs_first_with_descriptions_and_defaults():
+    # The schema `prefect deploy` stores and the Run form renders (ordered by position).
+    from prefect.utilities.callables import parameter_schema
+
+    from mixtune.flows.sweep import DEFAULT_DOMAIN_PERCENTS, sweep
+
+    schema = parameter_schema(sweep.fn).model_dump()
+    properties = schema["properties"]
+    order = sorted(properties, key=lambda name: properties[name]["position"])
+    assert order[:3] == ["domain_percents", "mixes", "max_concurrency"] and order[-1] == "config"
+    assert properties["domain_percents"]["default"] == DEFAULT_DOMAIN_PERCENTS  # shown, not "No items"
+    assert properties["max_concurrency"]["default"] == 1
+    assert all(properties[name].get("description") for name in properties), properties
+    assert schema["required"] == ["config"]
+
+
 def test_domain_grid_keeps_the_domain_only_control():
     assert 100 in yaml.safe_load((DEPLOYMENTS / "sweeps" / "domain-grid.yaml").read_text())["domain_percents"]
 
