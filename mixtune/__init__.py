@@ -7,9 +7,10 @@ The core library, in the order of the DAG (no Prefect import anywhere in it):
     train/     the training loop (LoRA / full), packing, checkpoints
     eval/      general (lm-eval) and domain axes, comparison, report
     storage/   artifacts and fingerprints under a local or S3 root
-    models/    which weights a run loads (hub id, folder, the tiny test model)
+    models/    which weights a run loads (hub id, folder, GGUF file, built-in model, the tiny test model)
     config.py, sections.py, errors.py, tracking.py, resources.py,
-    console.py (what the CLI prints, the log file that keeps the rest)
+    console.py (what the CLI prints, the log file that keeps the rest),
+    preflight.py (what config check verifies beyond the schema: model, tokenizer, eval tasks)
 
 The Prefect layer sits on top: ``mixtune.tasks`` (one task per stage) and
 ``mixtune.flows`` (wiring), then ``mixtune.cli``. Imports run cli -> flows ->

@@ -336,20 +336,18 @@ def check_mix_against_catalog(
     """Problems (as 'key.path: message') between a mix, its catalog and the domain sources.
 
     With ``planned_samples`` (max_steps x global_batch_size) and ``unit: samples``,
-    the domain and every weighted category must get at least one sample: a share
-    that rounds to nothing (``domain_percent: 1e-300``) is refused, not trained as 0.
+    the domain must get at least one sample: a share that rounds to nothing
+    (``domain_percent: 1e-300``) is refused, not trained as 0. A weighted
+    category that gets none is a warning of the plan and the run log instead
+    (``MixUnsampledWarning``): the run is still what the user asked for.
     """
     problems = []
     if planned_samples is not None and mix.unit == "samples":
-        shares = {"mix.domain_percent": mix.domain_percent / 100}
-        rest = 1 - mix.domain_percent / 100
-        shares |= {f"mix.weights.{name}": rest * w for name, w in mix.category_weights().items()}
-        for key, share in shares.items():
-            if share * planned_samples < 1:
-                problems.append(
-                    f"{key}: gives {share * planned_samples:.3g} of the {planned_samples:,} planned samples "
-                    f"(train.max_steps x train.global_batch_size); raise it so it gets at least one sample"
-                    + ("" if key == "mix.domain_percent" else ", or set it to 0 to leave the category out"))
+        domain_samples = mix.domain_percent / 100 * planned_samples
+        if domain_samples < 1:
+            problems.append(
+                f"mix.domain_percent: gives {domain_samples:.3g} of the {planned_samples:,} planned samples "
+                f"(train.max_steps x train.global_batch_size); raise it so the domain gets at least one sample")
     known = ", ".join(sorted(categories)) or "(none: set catalog or categories)"
     for name in sorted(mix.category_weights()):
         if name not in categories:
