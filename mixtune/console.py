@@ -51,6 +51,9 @@ _DEMOTED: list[tuple[str, Callable[[str], bool]]] = [
     ("prefect", lambda msg: msg.startswith("Stopping temporary server")),
 ]
 _LIBRARY_WARNINGS = (FutureWarning, DeprecationWarning, PendingDeprecationWarning)
+# What the last `setup` added, so a second call (several commands in one process, as in tests)
+# replaces it instead of stacking filters and log files.
+_installed: dict[str, object] = {}
 
 
 def default_log_file(command: str) -> Path:
@@ -174,17 +177,27 @@ def setup(log_file: Path | None, *, verbose: bool = False, evaluating: bool = Fa
     imports lm-eval, so leave it off for commands that do not evaluate).
     """
     root = logging.getLogger()
+    previous_filter, previous_file = _installed.get("console_filter"), _installed.get("file_handler")
+    if isinstance(previous_file, logging.FileHandler):
+        root.removeHandler(previous_file)
+        previous_file.close()
     console_filter = _ConsoleFilter(show_errors=verbose)
     for handler in root.handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            if isinstance(previous_filter, logging.Filter):
+                handler.removeFilter(previous_filter)
             handler.addFilter(console_filter)
-    for name, matches in _DEMOTED:
-        logging.getLogger(name).addFilter(_Demote(matches))
+    _installed["console_filter"] = console_filter
+    if "demoted" not in _installed:
+        for name, matches in _DEMOTED:
+            logging.getLogger(name).addFilter(_Demote(matches))
+        _installed["demoted"] = True
     if log_file is not None:
         file_handler = logging.FileHandler(log_file, encoding="utf-8", delay=True)
         file_handler.setLevel(logging.DEBUG)
         file_handler.setFormatter(_FileFormatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"))
         root.addHandler(file_handler)
+        _installed["file_handler"] = file_handler
     _route_library_warnings()
     if evaluating:
         _quiet_git_probe()

@@ -19,6 +19,7 @@ os.environ.update(
     HF_HOME=str(_HOME / "hf"), PREFECT_HOME=str(_HOME / "prefect"),
     NLTK_DATA=str(REPO / "data" / "nltk_data"),
     PREFECT_LOGGING_TO_API_ENABLED="false",
+    MIXTUNE_LOG_DIR=str(_HOME / "logs"),  # commands run in-process log here, not under the repo
 )
 
 import pytest  # noqa: E402

@@ -169,6 +169,24 @@ def test_library_future_warnings_are_logged_not_shown():
     assert [str(w.message) for w in shown] == ["source 'a' repeats 5.0x"]  # mixtune's own warnings stay
 
 
+def test_setup_again_replaces_its_log_file_and_filter(tmp_path):
+    root = logging.getLogger()
+    stream = logging.StreamHandler(io.StringIO())
+    root.addHandler(stream)
+    try:
+        console.setup(tmp_path / "a.log")
+        console.setup(tmp_path / "b.log")
+        ours = [h for h in root.handlers if isinstance(h, logging.FileHandler) and h.baseFilename.startswith(str(tmp_path))]
+        assert [Path(h.baseFilename).name for h in ours] == ["b.log"]
+        assert sum(isinstance(f, console._ConsoleFilter) for f in stream.filters) == 1
+    finally:
+        root.removeHandler(stream)
+        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+            if handler.baseFilename.startswith(str(tmp_path)):
+                root.removeHandler(handler)
+                handler.close()
+
+
 def test_lm_eval_git_probe_is_quiet_outside_a_repository(tmp_path, monkeypatch, capfd):
     import lm_eval.evaluator as evaluator
 
