@@ -128,7 +128,7 @@ def _child_logs(comparison: core.Comparison) -> dict[str, dict[str, Any]]:
                            f"Recommendation for the sweep: {comparison.recommendation.sentence}"])
         logs[name] = {"metrics": metrics, "tags": {
             "verdict": comparison.verdicts[name], "recommended": "yes" if name == recommended else "no",
-            "checks_failed": ", ".join(c.metric for c in failed) or "none",
+            "checks_not_passed": ", ".join(c.metric for c in failed) or "none",
             "mlflow.note.content": note[:_MAX_TAG_CHARS]}}
     return logs
 

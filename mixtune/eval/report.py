@@ -124,9 +124,10 @@ def reading_notes(comparison: Comparison) -> list[str]:
         + (f"; shown only: {', '.join(metric_label(m) for m in comparison.info_metrics)}"
            if comparison.info_metrics else "") + ".",
         "Changes are paired: base and tuned answer the same items. Intervals are 95% percentile bootstrap "
-        f"intervals over items ({stats.RESAMPLES:,} resamples, seed {stats.SEED}; Efron & Tibshirani 1993, "
-        "Koehn 2004). General change is the equal-weight mean of the verdict metrics' changes, its interval "
-        "from resampling each benchmark's items separately. Scores show ± one standard error; n counts items.",
+        f"intervals over items, the level expanded for small n ({stats.RESAMPLES:,} resamples, seed {stats.SEED}; "
+        "Efron & Tibshirani 1993, Koehn 2004, Hesterberg 2015); where no item varied, the change ±3/n (rule of "
+        "three). General change is the equal-weight mean of the verdict metrics' changes, its interval from "
+        "resampling each benchmark's items separately. Scores show ± one standard error; n counts items.",
         f"Pareto front (domain gain vs general change): {', '.join(comparison.pareto_front) or 'none'}.",
         *comparison.notes,
     ]
