@@ -230,7 +230,11 @@ def pareto_figure(comparison: Comparison):
         ax.errorbar(gain.delta, general.delta, xerr=err(gain), yerr=err(general), fmt="o", color=color,
                     ecolor=color, elinewidth=1, capsize=3, markersize=7, zorder=3)
         shipped = comparison.recommendation.kind == "ship" and comparison.recommendation.run == name
-        ax.annotate(name + (" (recommended)" if shipped else ""), (gain.delta, general.delta),
+        # A run that fails a check says which, so a point inside the band never reads as a pass.
+        failed = any(not c.passed for c in comparison.checks.get(name, []))
+        verdict = comparison.verdicts.get(name, "")
+        note = f"\n{verdict[:57] + '...' if len(verdict) > 60 else verdict}" if failed else ""
+        ax.annotate(name + (" (recommended)" if shipped else "") + note, (gain.delta, general.delta),
                     textcoords="offset points", xytext=(6, 6), fontsize=8)
     if comparison.pareto_front:
         front = sorted((comparison.points[n] for n in comparison.pareto_front), key=lambda p: p[0])
