@@ -55,6 +55,7 @@ from mixtune.prepare.download import download
 from mixtune.errors import DataError, MixtuneError
 from mixtune.prepare.sanitize import find_reserved, reserved_strings, sanitize, special_tokens_of, text_columns_of
 from mixtune.sections import (
+    DEFAULT_MODEL,
     TINY_MODEL,
     InstructionColumns,
     LabelColumns,
@@ -64,6 +65,7 @@ from mixtune.sections import (
     SanitizeConfig,
     SourceConfig,
     StorageConfig,
+    TinyModelConfig,
     ValidateConfig,
     redact_uri,
     uri_credentials_problem,
@@ -347,11 +349,13 @@ def _settings(args: argparse.Namespace) -> tuple[SanitizeConfig, ValidateConfig,
         model = (cfg.model if cfg else ModelConfig()).model_copy(update={"name_or_path": _local_or_id(args.model)})
         return sanitize_cfg, validate_cfg, model, cfg.storage if cfg else StorageConfig()
     if cfg is None:
-        # The demo's tiny model: its tokenizer is trained on the demo data and cached in the demo store.
-        from mixtune.resources import DEMO_CONFIG
+        # The default model, converted once into ./.mixtune/store (never into the installed package);
+        # --model mixtune:tiny builds the test model with a tokenizer trained on the shipped demo data.
+        from mixtune.resources import data_dir
 
-        demo = load_config(DEMO_CONFIG)
-        return sanitize_cfg, validate_cfg, demo.model, demo.storage
+        tiny = TinyModelConfig(corpus_files=[str(data_dir() / "medquad" / "medquad.jsonl")])
+        model = ModelConfig(name_or_path=args.model or DEFAULT_MODEL, tiny=tiny)
+        return sanitize_cfg, validate_cfg, model, StorageConfig()
     model = cfg.model if args.model is None else cfg.model.model_copy(update={"name_or_path": TINY_MODEL})
     return sanitize_cfg, validate_cfg, model, cfg.storage
 
