@@ -29,6 +29,7 @@ from prefect.cache_policies import NO_CACHE
 import mixtune.eval.compare as core
 import mixtune.eval.scores as scores_core
 import mixtune.eval.stats as stats_core
+from mixtune.eval import curves as curves_core
 from mixtune.eval import report
 from mixtune.eval.config import EvalConfig
 from mixtune.eval.domain import primary_domain_score
@@ -41,6 +42,7 @@ from mixtune.tasks._stage import stage_task
 from mixtune.tracking import run_url, tracking_uri
 
 REPORT_FILES = ("report.md", "report.html", "pareto.png")
+CURVE_FILES = ("curves.png",)  # when the training runs logged held-out losses
 _MAX_TAG_CHARS = 7900  # MLflow refuses tag values over 8000 characters
 _MIX_NAME = re.compile(r"d(\d+(?:\.\d+)?)(?:-|$)")
 
@@ -224,10 +226,12 @@ def compare(base: list[ArtifactRef], runs: dict[str, list[ArtifactRef]], eval_cf
         (report_dir / "report.md").write_text(report.render_markdown(comparison), encoding="utf-8")
         (report_dir / "report.html").write_text(
             report.render_html(comparison, pareto_png=report_dir / "pareto.png"), encoding="utf-8")
+        curves_core.add_to_report(report_dir, curves_core.curves_of_runs(store, runs))
         if (ref := store.find("compare", "comparison", key)) is None:
             uri = store.artifact_uri("compare", "comparison", key)
-            for file in REPORT_FILES:  # before commit: the manifest is written last
-                store.write_bytes(f"{uri}/{file}", (report_dir / file).read_bytes())
+            for file in REPORT_FILES + CURVE_FILES:  # before commit: the manifest is written last
+                if (report_dir / file).exists():
+                    store.write_bytes(f"{uri}/{file}", (report_dir / file).read_bytes())
             ref = store.commit(
                 stage="compare", name="comparison", key=key, tables={"comparison": comparison.table},
                 parents=[*base, *(r for refs in runs.values() for r in refs)],

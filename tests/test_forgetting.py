@@ -90,3 +90,17 @@ def test_curves_table_and_plot(tmp_path):
     assert "| d75 | math | 1.000 | 1.050 (step 6) | +0.050 |" in curves_markdown(curves)
     assert plot_curves(curves, tmp_path / "curves.png").stat().st_size > 1000
     assert json.dumps(curves_table({})) == "[]"
+
+
+def test_curves_are_appended_to_both_reports(tmp_path):
+    from mixtune.eval.curves import add_to_report
+
+    (tmp_path / "report.md").write_text("# report\n")
+    (tmp_path / "report.html").write_text("<html><body>\n<h1>report</h1>\n</body></html>\n")
+    add_to_report(tmp_path, {"d100": {"math": {0: 1.0, 6: 1.3}}})
+    markdown, page = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
+    assert "## Forgetting curves while training" in markdown and "| d100 | math | 1.000 | 1.300 (step 6) | +0.300 |" \
+        in markdown and "![Forgetting curves](curves.png)" in markdown
+    assert page.index("Forgetting curves while training") < page.index("</body>") and "base64," in page
+    assert (tmp_path / "curves.png").exists()
+    add_to_report(tmp_path / "nothing", {})  # no curves (e.g. every training run was cached before curves): no-op

@@ -10,7 +10,11 @@ falls is forgetting as it happens; the benchmarks measure it afterwards.
 
 from __future__ import annotations
 
+import base64
+import html
 from pathlib import Path
+
+from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
 
 Curves = dict[str, dict[str, dict[int, float]]]  # mix -> held-out set -> step -> loss
 
@@ -79,3 +83,42 @@ def plot_curves(curves: Curves, path: str | Path) -> Path | None:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def curves_of_runs(store: ArtifactStore, runs: dict[str, list[ArtifactRef]]) -> Curves:
+    """Each mix's held-out losses during training, from the train artifact its evaluations descend from."""
+    curves: Curves = {}
+    for name, refs in runs.items():
+        for ref in refs:
+            for parent in store.manifest(ref).get("parents", []):
+                if parent.get("stage") == "train" and name not in curves:
+                    result = store.read_json(f"{parent['uri']}/manifest.json").get("result") or {}
+                    if found := curves_from_result(result):
+                        curves[name] = found
+    return curves
+
+
+def add_to_report(report_dir: Path, curves: Curves) -> None:
+    """Append the curves (a table and ``curves.png``) to ``report.md`` and ``report.html`` in ``report_dir``."""
+    if not curves or plot_curves(curves, report_dir / "curves.png") is None:
+        return
+    intro = ("Loss per answer token on rows no run trained on, at step 0 (the base model) and every "
+             "train.eval_every_steps: each general category's held-out rows, the domain's validation rows, and "
+             "base_answers (the base model's own answers to held-out general prompts). A general set whose loss "
+             "climbs is being forgotten while the run trains; the benchmarks above measure it afterwards.")
+    table = curves_markdown(curves)
+    markdown = report_dir / "report.md"
+    markdown.write_text(markdown.read_text(encoding="utf-8").rstrip("\n")
+                        + f"\n\n## Forgetting curves while training\n\n{intro}\n\n{table}\n\n"
+                          "![Forgetting curves](curves.png)\n", encoding="utf-8")
+    rows = "".join(f"<tr><td>{html.escape(r['mix'])}</td><td>{html.escape(r['held-out set'])}</td>"
+                   f"<td>{r['loss at first']:.3f}</td><td>{r['loss at last']:.3f} (step {r['last step']})</td>"
+                   f"<td>{r['change']:+.3f}</td></tr>" for r in curves_table(curves))
+    encoded = base64.b64encode((report_dir / "curves.png").read_bytes()).decode("ascii")
+    section = (f"<h2>Forgetting curves while training</h2><p>{html.escape(intro)}</p><table><thead><tr>"
+               "<th>mix</th><th>held-out set</th><th>loss at step 0</th><th>loss at last step</th><th>change</th>"
+               f"</tr></thead><tbody>{rows}</tbody></table>"
+               f'<img alt="Forgetting curves" src="data:image/png;base64,{encoded}">')
+    page = report_dir / "report.html"
+    page.write_text(page.read_text(encoding="utf-8").replace("\n</body>", f"\n{section}\n</body>", 1),
+                    encoding="utf-8")
