@@ -14,6 +14,7 @@ verdict and checks.
 
 from __future__ import annotations
 
+import html
 import math
 import os
 import re
@@ -35,7 +36,8 @@ from mixtune.eval.config import EvalConfig
 from mixtune.eval.domain import primary_domain_score
 from mixtune.eval.scores import domain_item_labels, domain_item_scores, general_item_scores, read_scores
 from mixtune.eval.under_test import BASE_RUN
-from mixtune.sections import StorageConfig, TrackingConfig
+from mixtune.models import describe_model
+from mixtune.sections import ModelConfig, StorageConfig, TrackingConfig
 from mixtune.storage.artifacts import ArtifactRef, ArtifactStore, code_version, fingerprint
 from mixtune.tasks._names import task_run_namer
 from mixtune.tasks._stage import stage_task
@@ -227,6 +229,7 @@ def compare(base: list[ArtifactRef], runs: dict[str, list[ArtifactRef]], eval_cf
         (report_dir / "report.html").write_text(
             report.render_html(comparison, pareto_png=report_dir / "pareto.png"), encoding="utf-8")
         curves_core.add_to_report(report_dir, curves_core.curves_of_runs(store, runs))
+        _name_the_model(report_dir, store, base)
         if (ref := store.find("compare", "comparison", key)) is None:
             uri = store.artifact_uri("compare", "comparison", key)
             for file in REPORT_FILES + CURVE_FILES:  # before commit: the manifest is written last
@@ -265,3 +268,17 @@ def compare(base: list[ArtifactRef], runs: dict[str, list[ArtifactRef]], eval_cf
         logger.info("%s: %s", name, text)
     logger.info("recommendation: %s", recommendation.sentence)
     return ref
+
+
+def _name_the_model(report_dir: Path, store: ArtifactStore, base: list[ArtifactRef]) -> None:
+    """Under the report's title: which weights every run started from (file, hash, quantization)."""
+    parameters = store.manifest(base[0]).get("parameters", {}) if base else {}
+    if "model" not in parameters:
+        return
+    line = "Base model: " + describe_model(ModelConfig.model_validate(parameters["model"]), store.cfg)
+    markdown = report_dir / "report.md"
+    title, _, rest = markdown.read_text(encoding="utf-8").partition("\n")
+    markdown.write_text(f"{title}\n\n{line}\n{rest}", encoding="utf-8")
+    page = report_dir / "report.html"
+    text = page.read_text(encoding="utf-8")
+    page.write_text(text.replace("</h1>", f"</h1>\n<p>{html.escape(line)}</p>", 1), encoding="utf-8")

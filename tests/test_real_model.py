@@ -13,9 +13,9 @@ import polars as pl
 import pytest
 
 from mixtune.eval.domain import generate_answers, load_eval_model
-from mixtune.models import end_of_turn_ids, gguf, model_identity
+from mixtune.models import describe_model, end_of_turn_ids, gguf, model_identity
 from mixtune.prepare.sanitize import special_tokens_of
-from mixtune.sections import ModelConfig
+from mixtune.sections import ModelConfig, StorageConfig
 from mixtune.train.chat_tokens import supervised_text, tokenize_chat
 
 from conftest import A, S, U
@@ -29,6 +29,8 @@ def test_real_model_folder_records_its_gguf_source(real_model_dir):
     assert source["sha256"] == model_identity(ModelConfig())
     config = json.loads((real_model_dir / "config.json").read_text())
     assert "quantization_config" not in config and config["num_hidden_layers"] == 30
+    line = describe_model(ModelConfig(), StorageConfig(root=str(real_model_dir.parents[1])))
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in line and source["sha256"][:12] in line and "Q4_1" in line
 
 
 def test_real_template_renders_the_default_system_prompt_but_never_supervises_it(real_tokenizer):

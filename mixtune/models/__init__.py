@@ -111,3 +111,14 @@ def end_of_turn_ids(tokenizer) -> list[int]:
         if following and following[0] in set(tokenizer.all_special_ids):
             ids.append(following[0])
     return sorted(set(ids))
+
+
+def describe_model(model: ModelConfig, storage: StorageConfig) -> str:
+    """One line naming the weights under test, for reports: name, source file, hash, quantization."""
+    if model.name_or_path == TINY_MODEL:
+        return f"{TINY_MODEL} (random weights for tests: its scores show plumbing, not results)"
+    source = gguf_source(model)
+    if source is None:
+        return f"{model.name_or_path} (revision {model.revision or 'not pinned'})"
+    info = gguf.source_info(model_path(model, storage)) or {}
+    return f"{model.name_or_path}: {gguf.describe(info)}" if info else f"{model.name_or_path}: {source.name}"
