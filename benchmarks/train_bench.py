@@ -58,9 +58,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 # --- knobs ---
-SHAPE_DEFAULTS = {  # steps, examples per step, max_length: sized so a CPU run takes minutes
+# steps, examples per step, max_length: a CPU run takes minutes. 8 examples per step is TRL's default
+# per_device_train_batch_size; packed, that is one row of ~1,900 tokens here.
+SHAPE_DEFAULTS = {
     "tiny": (24, 8, 1024),
-    "smollm2-135m": (8, 4, 512),
+    "smollm2-135m": (6, 8, 512),
     "qwen2.5-0.5b": (50, 8, 1024),
 }
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -73,8 +75,9 @@ parser.add_argument("--batch", type=int, help="examples per step, one micro-batc
 parser.add_argument("--max-length", type=int, help="rows longer than this many tokens are left out")
 parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                     help="mixtune's train.precision; the peers use the dtype it resolves to")
-parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                    help="torch CPU threads for every run (default: all cores this process may use)")
+parser.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads for every run; 1 by default: on a shared 2-core machine a second "
+                         "thread made a SmolLM2 step 2.2x slower (threads wait on each other), not faster")
 parser.add_argument("--runs", default="mixtune,trl,naive", help="comma-separated subset of mixtune,trl,naive")
 parser.add_argument("--peak-tflops", type=float, help="GPU peak dense bf16 TFLOP/s for MFU (default: by name)")
 parser.add_argument("--data", default=str(REPO / "data" / "medquad" / "medquad.jsonl"))
