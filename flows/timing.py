@@ -32,6 +32,8 @@ async def _stage_seconds(since: datetime, settle_s: float) -> dict[str, float]:
             await asyncio.sleep(0.5)
     seconds: dict[str, float] = {}
     for run in runs:
+        if run.state is not None and run.state.state_details.child_flow_run_id is not None:
+            continue  # the stand-in task run of a subflow: its stages are counted themselves
         stage = stage_name(run.name)
         seconds[stage] = seconds.get(stage, 0.0) + run.total_run_time.total_seconds()
     return dict(sorted(seconds.items(), key=lambda item: -item[1]))
