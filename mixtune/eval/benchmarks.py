@@ -238,32 +238,23 @@ def gsm8k_offline_task(data_dir: Path) -> dict[str, Any]:
 
 def arc_challenge_offline_task(data_dir: Path) -> dict[str, Any]:
     arc = data_dir / "arc_challenge"
-    return {
-        "task": "arc_challenge_offline",
-        "dataset_path": str(arc),
-        "custom_dataset": functools.partial(_load_arc, test_file=str(arc / "ARC-Challenge-Test.jsonl"),
-                                            dev_file=str(arc / "ARC-Challenge-Dev.jsonl")),
-        "output_type": "multiple_choice",
-        "validation_split": "validation",  # no ARC train split is shipped; few-shot, if asked, uses dev
-        "test_split": "test",
-        "doc_to_text": "Question: {{question}}\nAnswer:",
-        "doc_to_target": "{{choices.label.index(answerKey)}}",
-        "doc_to_choice": "{{choices.text}}",
-        "should_decontaminate": True,
-        "doc_to_decontamination_query": "Question: {{question}}\nAnswer:",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-                        {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": {"version": 1.0},
-    }
+    return _arc_task("arc_challenge_offline", arc, functools.partial(
+        _load_arc, test_file=str(arc / "ARC-Challenge-Test.jsonl"), dev_file=str(arc / "ARC-Challenge-Dev.jsonl")))
 
 
 def arc_easy_offline_task(data_dir: Path) -> dict[str, Any]:
     arc = data_dir / "arc_easy"
+    return _arc_task("arc_easy_offline", arc, functools.partial(
+        _load_arc_easy, test_file=str(arc / "ARC-Easy-test.jsonl"),
+        validation_file=str(arc / "ARC-Easy-validation.jsonl")))
+
+
+def _arc_task(task: str, folder: Path, dataset: Any) -> dict[str, Any]:
+    """lm-eval's arc_easy / arc_challenge YAML over a shipped folder (they differ only in data)."""
     return {
-        "task": "arc_easy_offline",
-        "dataset_path": str(arc),
-        "custom_dataset": functools.partial(_load_arc_easy, test_file=str(arc / "ARC-Easy-test.jsonl"),
-                                            validation_file=str(arc / "ARC-Easy-validation.jsonl")),
+        "task": task,
+        "dataset_path": str(folder),
+        "custom_dataset": dataset,
         "output_type": "multiple_choice",
         "validation_split": "validation",  # no ARC train split is shipped; few-shot, if asked, uses validation
         "test_split": "test",
