@@ -271,14 +271,16 @@ def compare(base: list[ArtifactRef], runs: dict[str, list[ArtifactRef]], eval_cf
 
 
 def _name_the_model(report_dir: Path, store: ArtifactStore, base: list[ArtifactRef]) -> None:
-    """Under the report's title: which weights every run started from (file, hash, quantization)."""
+    """Right after the recommendation: which weights every run started from (file, hash, quantization)."""
     parameters = store.manifest(base[0]).get("parameters", {}) if base else {}
     if "model" not in parameters:
         return
     line = "Base model: " + describe_model(ModelConfig.model_validate(parameters["model"]), store.cfg)
     markdown = report_dir / "report.md"
-    title, _, rest = markdown.read_text(encoding="utf-8").partition("\n")
-    markdown.write_text(f"{title}\n\n{line}\n{rest}", encoding="utf-8")
+    lines = markdown.read_text(encoding="utf-8").split("\n")
+    at = next((i + 1 for i, text in enumerate(lines) if text.startswith("**")), 1)
+    markdown.write_text("\n".join([*lines[:at], "", line, *lines[at:]]), encoding="utf-8")
     page = report_dir / "report.html"
     text = page.read_text(encoding="utf-8")
-    page.write_text(text.replace("</h1>", f"</h1>\n<p>{html.escape(line)}</p>", 1), encoding="utf-8")
+    anchor = "</strong></p>" if "</strong></p>" in text else "</h1>"
+    page.write_text(text.replace(anchor, f"{anchor}\n<p>{html.escape(line)}</p>", 1), encoding="utf-8")

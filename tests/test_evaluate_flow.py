@@ -179,6 +179,7 @@ def test_compare_writes_the_report_verdicts_prefect_artifacts_and_mlflow(runs):
     assert (table.row(2, named=True)["domain_ci_low"], table.row(2, named=True)["domain_ci_high"]) == (-0.5, 0.5)
     markdown = store.read_bytes(f"{ref.uri}/report.md").decode()
     assert markdown.splitlines()[2] == f"**{recommendation['sentence']}**"
+    assert markdown.splitlines()[4].startswith("Base model: mixtune:tiny (random weights")  # what was tested
     assert verdicts["mix-a"] in markdown and "| unchanged |" in markdown
     assert "| run | verdict | domain ROUGE-L (n=6) | ARC-Challenge acc_norm (n=3) |" in markdown
     assert store.read_bytes(f"{ref.uri}/pareto.png")[:8] == b"\x89PNG\r\n\x1a\n"
