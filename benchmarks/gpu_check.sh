@@ -22,9 +22,9 @@ VENV=${VENV:-.venv-gpu}
 OUT=${OUT:-gpu_check_out}
 PYTHON=${PYTHON:-python3}
 # Step limits in seconds; together under 8 minutes.
-INSTALL_S=${INSTALL_S:-270}
+INSTALL_S=${INSTALL_S:-240}
 TEST_S=${TEST_S:-60}
-BENCH_S=${BENCH_S:-120}
+BENCH_S=${BENCH_S:-180}
 mkdir -p "$OUT"
 START=$(date +%s)
 STATUS=0

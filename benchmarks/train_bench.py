@@ -340,6 +340,9 @@ def main() -> None:
         raise SystemExit(f"--device cuda, but torch {torch.__version__} sees no CUDA device")
     torch.manual_seed(SEED)
     torch.set_num_threads(args.threads)
+    if DEVICE.type == "cuda":  # context and cuBLAS start-up before any clock runs, not in the first run's
+        warm = torch.ones(256, 256, device=DEVICE, dtype=DTYPE)
+        (warm @ warm).sum().item()
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
         workdir = Path(tmp)
         model_path, what = make_model(workdir)
