@@ -87,3 +87,18 @@ def test_real_model_trains_a_few_lora_steps(real_model_dir, tmp_path):
     sha256 = gguf.source_info(real_model_dir)["sha256"]
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card  # hub metadata names the release
     assert "SmolLM2-135M-Instruct.Q4_1.gguf" in card and sha256[:12] in card and "Q4_1 quantization" in card
+
+
+def test_check_data_loads_the_default_models_tokenizer_from_its_gguf(real_model_dir):
+    # check-data without --model or --config counts with the default model: converted from its GGUF
+    # file (here already, into the test store), never looked up on the hub.
+    from mixtune.prepare.check import _load_tokenizer
+
+    tokenizer = _load_tokenizer(ModelConfig(), StorageConfig(root=str(real_model_dir.parents[1])))
+    assert tokenizer.convert_ids_to_tokens(end_of_turn_ids(tokenizer)) == ["<|im_end|>"]
+
+
+def test_heldout_split_of_an_empty_category_source_is_empty_not_an_error():
+    from mixtune.mix.sources import _heldout_mask
+
+    assert _heldout_mask("empty", pl.DataFrame({"_row_id": []}, schema={"_row_id": pl.Int64})).to_list() == []

@@ -31,10 +31,10 @@ _MIN_ROWS_TO_HOLD_OUT = 5 * HELDOUT_ROWS  # smaller sources keep every row for t
 def _heldout_mask(name: str, rows: pl.DataFrame) -> pl.Series:
     """True for the rows of category source ``name`` kept out of training (none when it is small)."""
     if rows.height < _MIN_ROWS_TO_HOLD_OUT:
-        return pl.Series([False] * rows.height)
+        return pl.Series([False] * rows.height, dtype=pl.Boolean)
     digests = [hashlib.sha256(f"{name}:{row_id}".encode()).hexdigest() for row_id in rows["_row_id"].to_list()]
     chosen = set(sorted(digests)[:HELDOUT_ROWS])
-    return pl.Series([d in chosen for d in digests])
+    return pl.Series([d in chosen for d in digests], dtype=pl.Boolean)
 
 
 def training_sources(store: ArtifactStore, split: ArtifactRef, categories: dict[str, list[ArtifactRef]],

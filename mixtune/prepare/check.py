@@ -366,16 +366,12 @@ def _local_or_id(name: str) -> str:
 
 
 def _load_tokenizer(model: ModelConfig, storage: StorageConfig):
-    """The model's tokenizer; only the tiny demo model touches storage (built once, then cached)."""
-    from mixtune.models.tiny import load_tokenizer, resolve_model
+    """The model's tokenizer; a GGUF model (the default) or the tiny test model is converted or built
+    once into the storage root's model cache, then reused."""
+    from mixtune.models import load_tokenizer
 
-    path = model.name_or_path
-    if path == TINY_MODEL:
-        from mixtune.storage.artifacts import ArtifactStore
-
-        path = resolve_model(model, ArtifactStore(storage))
     try:
-        return load_tokenizer(path, model)
+        return load_tokenizer(model, storage)
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().split("\n", 1)[0]
         raise MixtuneError(f"cannot load the tokenizer of model {model.name_or_path!r}: {first_line}") from None
