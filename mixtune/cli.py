@@ -299,7 +299,9 @@ def _print_where(cfg, report, mlflow_run_id: str, log_file: Path | None = None) 
     if recommendation:
         print(f"\n{recommendation}\n")
     # Last, and alone on its line: CI (.ci/run) checks that a run ends with it.
-    print(f"{DONE_MARKER} {report.uri}/report.md (also report.html, pareto.png)", flush=True)
+    others = [f for f in store.manifest(report).get("files", []) if f != "report.md"] or ["report.html", "pareto.png"]
+    others += [f for f in ("curves.png",) if store.exists(f"{report.uri}/{f}")]
+    print(f"{DONE_MARKER} {report.uri}/report.md (also {', '.join(others)})", flush=True)
 
 
 def _mlflow_where(uri: str, run_id: str) -> str:
