@@ -34,7 +34,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from mixtune import console
-from mixtune.errors import ConfigError, MixtuneError
+from mixtune.errors import ConfigError, MixtuneError, read_yaml
 from mixtune.resources import DEMO_CONFIG
 from mixtune.sections import StrictModel
 
@@ -194,12 +194,7 @@ def read_sweep_file(path: str | Path) -> dict[str, Any]:
     bad key (unknown keys included) when it does not parse.
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError([f"file not found: {path}"]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError([f"<root>: expected a mapping with keys {', '.join(SweepParameters.model_fields)}, "
                            f"got {type(data).__name__}"], str(path))

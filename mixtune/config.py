@@ -12,11 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from mixtune.errors import ConfigError
+from mixtune.errors import ConfigError, read_yaml
 from mixtune.eval.config import EvalConfig
 from mixtune.train.config import TrainConfig
 from mixtune.mix.spec import CategoryCatalog, MixSpec, resolve_catalog
@@ -146,14 +145,7 @@ def resolve_config(cfg: MixtuneConfig, base: str | Path | None = None) -> Mixtun
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> MixtuneConfig:
     """Read a YAML config; relative paths resolve against the file's folder."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"file not found: {path}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
+    data = read_yaml(path)
     if overrides:
         data = deep_merge(data or {}, overrides)
     return _resolve_paths(parse_config(data, str(path)), path.parent.resolve())

@@ -3,10 +3,14 @@
 Whole-file faults (not UTF-8, empty, missing columns, malformed lines) raise
 ``DataError``; faults in single rows never raise, they go to a rejects table
 with a snake_case reason so nothing is lost. ``ConfigError`` gathers every bad
-key at once, so a user fixes a config in one pass rather than one key per run.
+key at once, so a user fixes a config in one pass rather than one key per run;
+``read_yaml`` is the one way a config, catalog or sweep file is read into data.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 
 class MixtuneError(Exception):
@@ -71,3 +75,22 @@ class ConfigError(MixtuneError):
         self.problems = problems
         head = f"invalid config {source}" if source else "invalid config"
         super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def read_yaml(path: str | Path, what: str = "") -> Any:
+    """A YAML file's data (config, catalog or sweep file), or a ConfigError naming the file.
+
+    ``what`` prefixes the not-found message (e.g. ``"catalog"``), since a missing
+    file has no config of its own to name.
+    """
+    path = Path(path)
+    import yaml  # here, not at import: the error types stay free of third-party imports
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{what + ': ' if what else ''}file not found: {path}"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None

@@ -24,10 +24,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
-from mixtune.errors import ConfigError
+from mixtune.errors import ConfigError, read_yaml
 from mixtune.sections import SourceConfig, StrictModel, seed_field
 
 DOMAIN = "domain"  # the category name the manifest gives domain sources; reserved
@@ -299,12 +298,7 @@ class CatalogFile(StrictModel):
 def load_catalog(path: str | Path) -> dict[str, list[SourceConfig]]:
     """Read a catalog file; relative local URIs resolve against the file's folder."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError([f"catalog: file not found: {path}"]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
+    data = read_yaml(path, "catalog")
     try:
         catalog = CatalogFile.model_validate(data).categories
     except ValidationError as exc:
