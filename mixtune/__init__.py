@@ -9,6 +9,7 @@ The core library, in the order of the DAG (no Prefect import anywhere in it):
     storage/   artifacts and fingerprints under a local or S3 root
     models/    which weights a run loads (hub id, folder, GGUF file, built-in model, the tiny test model)
     config.py, sections.py, errors.py, tracking.py, resources.py,
+    tracking_runs.py (which MLflow run a process holds: stale runs closed, re-runs keyed),
     console.py (what the CLI prints, the log file that keeps the rest),
     preflight.py (what config check verifies beyond the schema: model, tokenizer, eval tasks)
 

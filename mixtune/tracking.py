@@ -22,6 +22,7 @@ from typing import Any, Iterator
 from mixtune.errors import MixtuneError
 from mixtune.sections import StorageConfig, TrackingConfig
 from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
+from mixtune.tracking_runs import close_stale_runs, identity_tags
 
 # MLflow rejects longer param values; a longer one is cut with a marker.
 _MAX_PARAM_CHARS = 6000
@@ -111,7 +112,13 @@ def mlflow_run(
     run_id: str | None = None,
     tags: dict[str, str] | None = None,
 ) -> Iterator[Any]:
-    """Start (or resume, with ``run_id``) a run; a child when ``parent_run_id`` is given."""
+    """Start (or resume, with ``run_id``) a run; a child when ``parent_run_id`` is given.
+
+    First every RUNNING run of the experiment left by a dead process of this
+    host is set to KILLED (``tracking_runs.close_stale_runs``); the run started
+    carries this process's host and pid (``tracking_runs.identity_tags``).
+    Raises ``MixtuneError`` when an MLflow server does not answer.
+    """
     import mlflow
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -123,10 +130,12 @@ def mlflow_run(
     if storage.endpoint_url and storage.root.startswith("s3://"):
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", storage.endpoint_url)
     experiment_id = _experiment_id(mlflow, tracking, storage)
+    close_stale_runs(mlflow.MlflowClient(client_uri), experiment_id)
+    tags = {**(tags or {}), **identity_tags()}  # on a resumed run too: this process holds it now
     # nested=True lets a child start while its parent is active in this thread;
     # parent_run_id makes the link explicit when the parent lives elsewhere.
     with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
-                          run_name=None if run_id else run_name, tags=tags or None,
+                          run_name=None if run_id else run_name, tags=tags,
                           parent_run_id=parent_run_id, nested=True) as run:
         yield run
 
