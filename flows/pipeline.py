@@ -6,7 +6,10 @@
 
 Read top to bottom: each line is one stage (or a flow of stages) taking the
 previous stage's artifact references. MLflow gets one parent run for the
-pipeline and a child run for the mix, as a sweep has one child per mix.
+pipeline and a child run for the mix, as a sweep has one child per mix. The
+parent is keyed by the config and the prepared data's fingerprints, each child
+by its parent and mix name: the same run again, or again after a crash,
+writes into the same MLflow runs instead of adding new ones.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from mixtune.tasks._stage import bind
 from mixtune.tasks.compare import compare
 from mixtune.tasks.mix_manifest import mix_manifest
 from mixtune.tracking import log_config, log_realized_mix, mlflow_run, tracking_uri
+from mixtune.tracking_runs import run_key
 from mixtune.train.job import MlflowTarget
 
 
@@ -36,9 +40,12 @@ def pipeline(config: MixtuneConfig, train_deployment: str | None = None) -> Comp
     import mlflow
 
     config = resolve_config(config)  # a deployment passes it unresolved
-    with mlflow_run(config.tracking, config.storage, config.name, tags={"mixtune.flow": "pipeline"}) as parent:
+    prepared = prepare(config)
+    # Keyed by config and data: an identical re-run (or one after a crash) resumes its MLflow runs.
+    key = run_key("pipeline", config.dump(), prepared.fingerprints())
+    with mlflow_run(config.tracking, config.storage, config.name, tags={"mixtune.flow": "pipeline"},
+                    key=key) as parent:
         log_config(mlflow, config.dump())
-        prepared = prepare(config)
         base = evaluate(config, prepared)  # cached: a re-run or a sweep evaluates the base model once
         tuned = mix_run(config, prepared, parent.info.run_id, train_deployment)
         (compare_,) = bind(config.storage, compare)
@@ -55,7 +62,8 @@ def mix_run(config: MixtuneConfig, prepared: PreparedData, parent_run_id: str,
     import mlflow
 
     name = mix_name(config.mix)
-    with mlflow_run(config.tracking, config.storage, name, parent_run_id=parent_run_id) as child:
+    with mlflow_run(config.tracking, config.storage, name, parent_run_id=parent_run_id,
+                    key=run_key("mix", parent_run_id, name)) as child:
         log_config(mlflow, config.dump())
         (mix_manifest_,) = bind(config.storage, mix_manifest)
         manifest = mix_manifest_(name, prepared.split, prepared.categories, config.mix,

@@ -11,6 +11,8 @@ changed sanitize rule re-runs sanitize and what follows, not download.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import Task, flow
 from pydantic import BaseModel, Field
 
@@ -34,6 +36,11 @@ class PreparedData(BaseModel):
     domain: list[ArtifactRef]  # validated rows per domain source
     split: ArtifactRef  # train / val / test over all domain sources
     categories: dict[str, list[ArtifactRef]] = Field(default_factory=dict)  # validated rows per source
+
+    def fingerprints(self) -> dict[str, Any]:
+        """The data's content, for a run key: the split's fingerprint and each category source's."""
+        return {"split": self.split.fingerprint,
+                "categories": {c: sorted(r.fingerprint for r in refs) for c, refs in sorted(self.categories.items())}}
 
 
 def prepare_source(source: SourceConfig, config: MixtuneConfig, stages: list[Task]) -> ArtifactRef:

@@ -24,6 +24,7 @@ from mixtune.storage.artifacts import ArtifactRef
 from mixtune.config import MixtuneConfig, resolve_config
 from mixtune.mix.spec import MixSpec
 from mixtune.tracking import log_config, mlflow_run
+from mixtune.tracking_runs import run_key
 from mixtune.tasks._names import field, flow_run_namer
 from mixtune.tasks._stage import bind
 from mixtune.tasks.compare import compare
@@ -87,9 +88,12 @@ def sweep(config: MixtuneConfig = Field(json_schema_extra={"position": 10}),
     specs = sweep_mixes(config.mix, domain_percents, mixes)
     categories = sorted({c for spec in specs for c in spec.category_weights()})
     print("sweep over: " + ", ".join(mix_name(s) for s in specs))
-    with mlflow_run(config.tracking, config.storage, f"{config.name}-sweep", tags={"mixtune.flow": "sweep"}) as parent:
+    prepared = prepare(config, categories=categories)
+    # Keyed by config, mixes and data: an identical re-run resumes its MLflow runs (see flows/pipeline.py).
+    key = run_key("sweep", config.dump(), [s.model_dump(mode="json") for s in specs], prepared.fingerprints())
+    with mlflow_run(config.tracking, config.storage, f"{config.name}-sweep", tags={"mixtune.flow": "sweep"},
+                    key=key) as parent:
         log_config(mlflow, config.dump())
-        prepared = prepare(config, categories=categories)
         base = evaluate(config, prepared)
         per_mix = [config.model_copy(update={"mix": spec}) for spec in specs]
         with ThreadPoolExecutor(max_workers=max(1, max_concurrency)) as pool:

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 from mixtune.errors import MixtuneError
 from mixtune.sections import StorageConfig, TrackingConfig
 from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
-from mixtune.tracking_runs import close_stale_runs, identity_tags
+from mixtune.tracking_runs import RUN_KEY_TAG, close_stale_runs, find_run, identity_tags
 
 # MLflow rejects longer param values; a longer one is cut with a marker.
 _MAX_PARAM_CHARS = 6000
@@ -111,8 +111,13 @@ def mlflow_run(
     parent_run_id: str | None = None,
     run_id: str | None = None,
     tags: dict[str, str] | None = None,
+    key: str | None = None,
 ) -> Iterator[Any]:
     """Start (or resume, with ``run_id``) a run; a child when ``parent_run_id`` is given.
+
+    With ``key`` (``tracking_runs.run_key``) the experiment's run tagged with
+    that key is resumed (``tracking_runs.find_run``) and a new run gets the
+    tag: an identical re-run writes into the runs it wrote before.
 
     First every RUNNING run of the experiment left by a dead process of this
     host is set to KILLED (``tracking_runs.close_stale_runs``); the run started
@@ -130,7 +135,11 @@ def mlflow_run(
     if storage.endpoint_url and storage.root.startswith("s3://"):
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", storage.endpoint_url)
     experiment_id = _experiment_id(mlflow, tracking, storage)
-    close_stale_runs(mlflow.MlflowClient(client_uri), experiment_id)
+    client = mlflow.MlflowClient(client_uri)
+    close_stale_runs(client, experiment_id)
+    if key is not None:
+        run_id = run_id or find_run(client, experiment_id, key)
+        tags = {**(tags or {}), RUN_KEY_TAG: key}
     tags = {**(tags or {}), **identity_tags()}  # on a resumed run too: this process holds it now
     # nested=True lets a child start while its parent is active in this thread;
     # parent_run_id makes the link explicit when the parent lives elsewhere.
@@ -193,7 +202,12 @@ def log_config(mlflow: Any, config_dump: dict[str, Any]) -> None:
 
 
 def log_realized_mix(mlflow, manifest: ArtifactRef, storage: StorageConfig) -> None:
-    """The realized mix on the active MLflow run: a param per source and category, and the table."""
+    """The realized mix on the active MLflow run: a param per source and category, and the table.
+
+    A resumed run has both already (its key covers the data and the mix, so
+    they are the same): MLflow takes an equal param again, but ``log_table``
+    would append the table to itself, so an existing table is kept.
+    """
     summary = ArtifactStore(storage).read_table(manifest, "summary")
     params = {}
     for row in summary.to_dicts():
@@ -201,7 +215,9 @@ def log_realized_mix(mlflow, manifest: ArtifactRef, storage: StorageConfig) -> N
         for field in ("realized_samples", "realized_tokens", "realized_share"):
             params[f"realized_mix.{label}.{field.removeprefix('realized_')}"] = row[field]
     mlflow.log_params(params)
-    mlflow.log_table(summary.to_pandas(), artifact_file="mix/realized_mix.json")
+    run_id = mlflow.active_run().info.run_id
+    if "mix/realized_mix.json" not in {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "mix")}:
+        mlflow.log_table(summary.to_pandas(), artifact_file="mix/realized_mix.json")
 
 
 def run_url(tracking_uri_: str, experiment_id: str, run_id: str) -> str | None:

@@ -107,3 +107,37 @@ def close_stale_runs(client: Any, experiment_id: str) -> list[str]:
             client.set_terminated(run.info.run_id, "KILLED")
             closed.append(run.info.run_id)
     return closed
+
+
+# --- the same run again: keyed by content ---
+
+RUN_KEY_TAG = "mixtune.run_key"
+
+
+def run_key(*parts: Any) -> str:
+    """sha256 hex of JSON-able ``parts`` (keys sorted): the same parts, the same key, in any process.
+
+    The pipeline keys its parent run by (``"pipeline"``, resolved config dump,
+    data fingerprints), a sweep by (``"sweep"``, config dump, mix list, data
+    fingerprints), a mix's child run by (``"mix"``, parent run id, mix name).
+    """
+    text = json.dumps([_RUN_KEY_VERSION, *parts], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def find_run(client: Any, experiment_id: str, key: str) -> str | None:
+    """The id of the experiment's oldest run tagged with ``key`` that no live process of this host holds.
+
+    Finished, failed and killed runs count (a re-run after a crash resumes
+    them); deleted runs do not. A RUNNING run held by another live process
+    (the same config started twice at once) is skipped, so the two never write
+    into one run. None when there is no such run.
+    """
+    if not all(c in "0123456789abcdef" for c in key):  # only run_key's hex goes into a filter string
+        raise ValueError(f"not a run key: {key!r}")
+    for run in _runs(client, experiment_id, f"tags.`{RUN_KEY_TAG}` = '{key}'", ["attributes.start_time ASC"]):
+        held_by_other = (run.info.status == "RUNNING" and held_by_live_process(run)
+                         and run.data.tags.get(PID_TAG) != str(os.getpid()))
+        if not held_by_other:
+            return run.info.run_id
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -96,3 +97,74 @@ def test_a_recycled_pid_is_not_taken_for_the_process_that_died():
         pytest.skip("no /proc: only the pid is compared here")
     assert process_alive(os.getpid(), started)
     assert not process_alive(os.getpid(), str(int(started) + 1))  # same pid, another start: a new process
+
+
+# --- the pipeline flow run again: its MLflow runs are reused ---
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _pipeline_config(tmp_path: Path, **eval_overrides):
+    import yaml
+
+    from mixtune.config import load_config
+    from test_prepare_flow import demo_like_config, write_domain_rows
+
+    data = write_domain_rows(tmp_path / "med.jsonl", rows=40)
+    raw = demo_like_config(tmp_path, data, mix={"domain_percent": 100},
+                           split={"group_column": "focus", "train": 0.6, "val": 0.1, "test": 0.3},
+                           train={"global_batch_size": 4, "per_device_batch_size": 4, "max_steps": 2,
+                                  "logging_steps": 1, "eval_every_steps": 1},
+                           eval={"offline": True, "device": "cpu", "dtype": "float32",
+                                 "general_tasks": [{"name": "arc_challenge", "limit": 2, "max_gen_toks": 4}],
+                                 "domain": {"max_rows": 2, "max_new_tokens": 4}, **eval_overrides})
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
+    return load_config(tmp_path / "run.yaml")
+
+
+def _runs_of(cfg) -> list:
+    import mlflow
+
+    from mixtune.tracking import tracking_uri
+
+    client = mlflow.MlflowClient(tracking_uri(cfg.tracking, cfg.storage))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+@pytest.fixture(scope="module")
+def pipeline_twice(tmp_path_factory, prefect_server):
+    """The tiny-model pipeline run twice with the same config on one root."""
+    from mixtune.flows.pipeline import pipeline
+
+    tmp = tmp_path_factory.mktemp("rerun")
+    cfg = _pipeline_config(tmp)
+    first = pipeline(cfg)
+    runs_after_first = _runs_of(cfg)
+    second = pipeline(cfg)
+    return cfg, first, second, runs_after_first
+
+
+def test_an_identical_pipeline_rerun_reuses_its_parent_and_child_runs(pipeline_twice):
+    import mlflow
+
+    from mixtune.tracking import tracking_uri
+
+    cfg, first, second, runs_after_first = pipeline_twice
+    runs = _runs_of(cfg)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert [r.info.run_id for r in runs] == [r.info.run_id for r in runs_after_first]
+    assert len(parents) == 1 and second.mlflow_run_id == first.mlflow_run_id == parents[0].info.run_id
+    assert [(r.info.run_name, r.data.tags["mlflow.parentRunId"]) for r in children] == [("d100", first.mlflow_run_id)]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    # Params were logged twice with equal values (MLflow allows it); the table was not appended to itself.
+    child = children[0]
+    assert child.data.params["mix.domain_percent"] == "100.0" and "realized_mix.total.samples" in child.data.params
+    client = mlflow.MlflowClient(tracking_uri(cfg.tracking, cfg.storage))
+    table = json.loads(Path(client.download_artifacts(child.info.run_id, "mix/realized_mix.json",
+                                                      str(Path(cfg.storage.root).parent))).read_text())
+    assert table["data"] and len(table["data"]) == len({json.dumps(row) for row in table["data"]})
+    # The training curve was logged once: the second run's train was a cache hit into the same run.
+    losses = client.get_metric_history(child.info.run_id, "train/loss")
+    assert sorted(m.step for m in losses) == [1, 2]
