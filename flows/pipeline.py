@@ -14,7 +14,7 @@ writes into the same MLflow runs instead of adding new ones.
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 
 from mixtune.config import MixtuneConfig, resolve_config
@@ -29,7 +29,7 @@ from mixtune.tasks._stage import bind
 from mixtune.tasks.compare import compare
 from mixtune.tasks.mix_manifest import mix_manifest
 from mixtune.tracking import log_config, log_realized_mix, mlflow_run, tracking_uri
-from mixtune.tracking_runs import run_key
+from mixtune.tracking_runs import copy_training_curves, run_key
 from mixtune.train.job import MlflowTarget
 
 
@@ -75,9 +75,22 @@ def mix_run(config: MixtuneConfig, prepared: PreparedData, parent_run_id: str,
         trained_in = ArtifactStore(config.storage).manifest(trained).get("mlflow_run_id")
         if trained_in and trained_in != child.info.run_id:
             mlflow.set_tag("mixtune.trained_in_run", trained_in)  # training was a cache hit
+            copy_curves(child.info.run_id, trained_in, config)
         scores = evaluate(config, prepared, trained)
         mlflow.log_metrics({k.replace(",", "."): v for k, v in scores.scores.items()})
     return scores
+
+
+def copy_curves(run_id: str, trained_in: str, config: MixtuneConfig) -> None:
+    """The training curves of the run that trained, into this mix's run; a warning when that run is gone."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        copy_training_curves(MlflowClient(tracking_uri(config.tracking, config.storage)), trained_in, run_id)
+    except MlflowException as error:  # deleted, or tracked elsewhere: the curves stay in the training artifact
+        get_run_logger().warning("training curves of MLflow run %s not copied: %s", trained_in,
+                                 str(error).splitlines()[0])
 
 
 def train_remote(config: MixtuneConfig, name: str, manifest: ArtifactRef, prepared: PreparedData,

@@ -141,3 +141,35 @@ def find_run(client: Any, experiment_id: str, key: str) -> str | None:
         if not held_by_other:
             return run.info.run_id
     return None
+
+
+# --- a cached training's curves, in the run that reused it ---
+
+TRAINING_CURVES = ("train/", "val/", "heldout/")  # what the training loop logs (mixtune/train/loop.py)
+_MAX_METRICS_PER_BATCH = 1000  # MLflow's cap on one log_batch
+
+
+def copy_training_curves(client: Any, from_run_id: str, to_run_id: str) -> int:
+    """Copy the training curves of ``from_run_id`` into ``to_run_id``, each value with its step and timestamp.
+
+    For a run whose training was a cache hit: the training loss, per-source
+    and per-category losses, ``val/loss`` and the ``heldout/*`` forgetting
+    curves (keys starting with ``TRAINING_CURVES``) of the run that trained,
+    so the runs table and charts show every mix's curves side by side.
+    Idempotent: a value the target already holds (same key, step, timestamp
+    and value) is not copied again. Returns the number of values copied.
+    Raises ``MlflowException`` when either run does not exist.
+    """
+    from mlflow.entities import Metric
+
+    keys = sorted(k for k in client.get_run(from_run_id).data.metrics if k.startswith(TRAINING_CURVES))
+    held = client.get_run(to_run_id).data.metrics
+    copied: list[Metric] = []
+    for key in keys:
+        have = ({(m.step, m.timestamp, m.value) for m in client.get_metric_history(to_run_id, key)}
+                if key in held else set())
+        copied += [Metric(key, m.value, m.timestamp, m.step) for m in client.get_metric_history(from_run_id, key)
+                   if (m.step, m.timestamp, m.value) not in have]
+    for start in range(0, len(copied), _MAX_METRICS_PER_BATCH):
+        client.log_batch(to_run_id, metrics=copied[start:start + _MAX_METRICS_PER_BATCH])
+    return len(copied)

@@ -133,8 +133,8 @@ def _runs_of(cfg) -> list:
 
 
 @pytest.fixture(scope="module")
-def pipeline_twice(tmp_path_factory, prefect_server):
-    """The tiny-model pipeline run twice with the same config on one root."""
+def pipeline_reruns(tmp_path_factory, prefect_server):
+    """The tiny-model pipeline run twice with the same config on one root, then once renamed (training cached)."""
     from mixtune.flows.pipeline import pipeline
 
     tmp = tmp_path_factory.mktemp("rerun")
@@ -142,16 +142,17 @@ def pipeline_twice(tmp_path_factory, prefect_server):
     first = pipeline(cfg)
     runs_after_first = _runs_of(cfg)
     second = pipeline(cfg)
-    return cfg, first, second, runs_after_first
+    runs_after_second = _runs_of(cfg)
+    renamed = pipeline(cfg.model_copy(update={"name": "t-renamed"}))  # a new parent; the same training
+    return cfg, first, second, runs_after_first, runs_after_second, renamed
 
 
-def test_an_identical_pipeline_rerun_reuses_its_parent_and_child_runs(pipeline_twice):
+def test_an_identical_pipeline_rerun_reuses_its_parent_and_child_runs(pipeline_reruns):
     import mlflow
 
     from mixtune.tracking import tracking_uri
 
-    cfg, first, second, runs_after_first = pipeline_twice
-    runs = _runs_of(cfg)
+    cfg, first, second, runs_after_first, runs, _ = pipeline_reruns
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert [r.info.run_id for r in runs] == [r.info.run_id for r in runs_after_first]
@@ -168,3 +169,49 @@ def test_an_identical_pipeline_rerun_reuses_its_parent_and_child_runs(pipeline_t
     # The training curve was logged once: the second run's train was a cache hit into the same run.
     losses = client.get_metric_history(child.info.run_id, "train/loss")
     assert sorted(m.step for m in losses) == [1, 2]
+
+
+def test_a_cached_training_brings_its_curves_into_the_run_that_reused_it(pipeline_reruns):
+    import mlflow
+
+    from mixtune.tracking import tracking_uri
+
+    cfg, first, _, _, _, renamed = pipeline_reruns
+    client = mlflow.MlflowClient(tracking_uri(cfg.tracking, cfg.storage))
+    assert renamed.mlflow_run_id != first.mlflow_run_id
+    (trained,) = client.search_runs([client.get_run(first.mlflow_run_id).info.experiment_id],
+                                    f"tags.mlflow.parentRunId = '{first.mlflow_run_id}'")
+    (reused,) = client.search_runs([trained.info.experiment_id],
+                                   f"tags.mlflow.parentRunId = '{renamed.mlflow_run_id}'")
+    assert reused.data.tags["mixtune.trained_in_run"] == trained.info.run_id
+    curves = sorted(k for k in trained.data.metrics if k.startswith(("train/", "heldout/")))
+    assert "train/loss" in curves and any(k.startswith("heldout/") for k in curves)
+    for key in curves:
+        assert ([(m.step, m.value) for m in client.get_metric_history(reused.info.run_id, key)]
+                == [(m.step, m.value) for m in client.get_metric_history(trained.info.run_id, key)]), key
+    # The realized mix is the reusing run's own, as in the run that trained.
+    shares = {k: v for k, v in trained.data.params.items() if k.startswith("realized_mix.")}
+    assert shares and {k: reused.data.params[k] for k in shares} == shares
+
+
+def test_copy_training_curves_copies_steps_once_and_leaves_evaluation_metrics(tmp_path):
+    import mlflow
+    from mlflow.entities import Metric
+
+    from mixtune.tracking_runs import copy_training_curves
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.create_experiment("t-curves")
+    trained, reused = (client.create_run(experiment_id).info.run_id for _ in range(2))
+    logged = [Metric("train/loss", 2.0 - step / 10, 1000 + step, step) for step in range(1, 1201)]
+    logged += [Metric("heldout/math/loss", 3.0, 5000, 0), Metric("heldout/math/loss", 2.5, 5001, 600),
+               Metric("domain/rougeL", 0.4, 5002, 0)]
+    for start in range(0, len(logged), 1000):
+        client.log_batch(trained, metrics=logged[start:start + 1000])
+
+    assert copy_training_curves(client, trained, reused) == 1202
+    assert copy_training_curves(client, trained, reused) == 0  # a re-run adds nothing
+    history = client.get_metric_history(reused, "train/loss")
+    assert sorted((m.step, m.value) for m in history) == [(m.step, m.value) for m in logged[:1200]]
+    assert [(m.step, m.value) for m in client.get_metric_history(reused, "heldout/math/loss")] == [(0, 3.0), (600, 2.5)]
+    assert "domain/rougeL" not in client.get_run(reused).data.metrics  # evaluation is the run's own
