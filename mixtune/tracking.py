@@ -1,10 +1,13 @@
 """MLflow tracking: one parent run per pipeline or sweep, one child run per mix.
 
-Parameters are the whole resolved config, flattened to dotted keys
+Parameters are the resolved config, flattened to dotted keys
 (``mix.domain_percent``), so runs can be filtered in the MLflow UI the way
-users already think of them. The config holds no secrets by design (S3 keys
-and API keys come from the environment), and ``redact`` is a second guard for
-anything that looks like one.
+users already think of them; the catalog's per-source details are cut to each
+category's source names (``categories.math``: ``gsm8k-train, aqua-cot``) and
+floats to 6 significant digits (``config_params``). The whole resolved config
+is the run's ``config/resolved_config.json``. The config holds no secrets by
+design (S3 keys and API keys come from the environment), and ``redact`` is a
+second guard for anything that looks like one.
 """
 
 from __future__ import annotations
@@ -75,8 +78,21 @@ def _artifact_location(tracking: TrackingConfig, storage: StorageConfig) -> str 
     return f"{root}/_mlflow" if root.startswith("s3://") else Path(root, "_mlflow").resolve().as_uri()
 
 
+_PARAM_DIGITS = 6  # significant digits of a float param: 0.1 + 0.2 reads 0.3
+
+
+def _readable(value: Any) -> Any:
+    """A float to ``_PARAM_DIGITS`` significant digits, still written as a float (``75.0``, ``0.0002``)."""
+    return float(f"{value:.{_PARAM_DIGITS}g}") if isinstance(value, float) else value
+
+
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
-    """Nested config -> {"a.b.c": "value"}; lists of mappings are indexed ("sources.0.name")."""
+    """Nested config -> {"a.b.c": "value"}; lists of mappings are indexed ("sources.0.name").
+
+    Floats, alone or in a list, keep at most 6 significant digits
+    (``0.30000000000000004`` -> ``0.3``); a value longer than MLflow takes is
+    cut with ``...``.
+    """
     flat: dict[str, str] = {}
     if isinstance(data, dict):
         for key, value in data.items():
@@ -85,9 +101,25 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
         for i, value in enumerate(data):
             flat.update(flatten(value, f"{prefix}.{i}"))
     else:
-        text = str(data)
+        text = str([_readable(v) for v in data] if isinstance(data, list) else _readable(data))
         flat[prefix] = text if len(text) <= _MAX_PARAM_CHARS else text[: _MAX_PARAM_CHARS - 3] + "..."
     return flat
+
+
+def config_params(config_dump: dict[str, Any]) -> dict[str, str]:
+    """What ``log_config`` logs as params: the flattened, redacted config, without the catalog's internals.
+
+    ``categories`` (the catalog file merged with the config's own entries:
+    every source's URI, format, revision, columns, license, ...) becomes one
+    param per category naming its sources, ``categories.math`` =
+    ``gsm8k-train, aqua-cot``; which catalog (``catalog``), the mix's weights
+    and everything else stay as they are.
+    """
+    dump = dict(config_dump)
+    if isinstance(dump.get("categories"), dict):
+        dump["categories"] = {category: ", ".join(str(s.get("name")) for s in sources)
+                              for category, sources in dump["categories"].items()}
+    return redact(flatten(dump))
 
 
 def redact(params: dict[str, str]) -> dict[str, str]:
@@ -185,12 +217,12 @@ def param_keys(keys: list[str]) -> dict[str, str]:
 
 
 def log_config(mlflow: Any, config_dump: dict[str, Any]) -> None:
-    """The resolved config as params (flattened, redacted) and as one JSON artifact.
+    """The resolved config as params (``config_params``) and, whole and unchanged, as one JSON artifact.
 
     Whatever ``config check`` accepts is logged: keys MLflow cannot take are
     renamed (``param_keys``) and the renaming is kept in ``config/param_keys.json``.
     """
-    params = redact(flatten(config_dump))
+    params = config_params(config_dump)
     keys = param_keys(sorted(params))
     renamed = {keys[k]: k for k in sorted(params) if keys[k] != k}
     items = sorted((keys[k], v) for k, v in params.items())
@@ -213,7 +245,7 @@ def log_realized_mix(mlflow, manifest: ArtifactRef, storage: StorageConfig) -> N
     for row in summary.to_dicts():
         label = {"source": f"source.{row['source']}", "category": f"category.{row['category']}"}.get(row["level"], "total")
         for field in ("realized_samples", "realized_tokens", "realized_share"):
-            params[f"realized_mix.{label}.{field.removeprefix('realized_')}"] = row[field]
+            params[f"realized_mix.{label}.{field.removeprefix('realized_')}"] = _readable(row[field])
     mlflow.log_params(params)
     run_id = mlflow.active_run().info.run_id
     if "mix/realized_mix.json" not in {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "mix")}:

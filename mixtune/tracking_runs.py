@@ -25,8 +25,9 @@ from typing import Any
 HOST_TAG = "mixtune.host"
 PID_TAG = "mixtune.pid"
 PID_START_TAG = "mixtune.pid_start"
-# Bump when what a key covers changes, so old keys never match runs logged the new way.
-_RUN_KEY_VERSION = "mixtune-run-key-v1"
+# Bump when what a key covers or how a run's params are written changes (v2: rounded floats, catalog
+# cut to names), so a re-run never resumes a run whose params it would log differently: MLflow refuses that.
+_RUN_KEY_VERSION = "mixtune-run-key-v2"
 
 
 def _process_start(pid: int) -> str | None:

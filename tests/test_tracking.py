@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mixtune.sections import StorageConfig, TrackingConfig
-from mixtune.tracking import flatten, log_config, mlflow_run, param_keys, redact, tracking_uri
+from mixtune.tracking import config_params, flatten, log_config, mlflow_run, param_keys, redact, tracking_uri
 from mlflow_server import running_mlflow_server
 
 
@@ -14,6 +14,45 @@ def test_flatten_dotted_keys_and_indexed_lists():
                     "data": {"sources": [{"name": "a"}]}, "tags": ["x", "y"]})
     assert flat == {"mix.domain_percent": "75", "mix.weights.math": "2", "data.sources.0.name": "a",
                     "tags": "['x', 'y']"}
+
+
+def test_flatten_writes_floats_with_at_most_six_significant_digits():
+    flat = flatten({"a": 0.1 + 0.2, "lr": 0.000123456789, "share": 75.0, "n": 3, "on": True, "big": 1234567.0,
+                    "xs": [0.1 + 0.2, 1], "s": "0.30000000000000004"})
+    assert flat == {"a": "0.3", "lr": "0.000123457", "share": "75.0", "n": "3", "on": "True", "big": "1234570.0",
+                    "xs": "[0.3, 1]", "s": "0.30000000000000004"}  # a string is the user's text, kept
+
+
+def test_params_name_each_categorys_sources_and_the_json_keeps_the_whole_config(tmp_path, monkeypatch):
+    """configs/demo.yaml logged to a real sqlite store: the catalog's per-source internals (URI, format,
+    revision, columns, license of every entry) are not params; the resolved config artifact has them."""
+    import json
+
+    import mlflow
+
+    from mixtune.config import load_config
+    from mixtune.resources import config_file
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-log-this")
+    cfg = load_config(config_file("demo.yaml"))
+    cfg.train.learning_rate = 0.1 + 0.2
+    cfg.eval.domain.judge.api_key_env = "OPENAI_API_KEY"
+    tracking = TrackingConfig(mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t-readable")
+    with mlflow_run(tracking, StorageConfig(root=str(tmp_path / "s")), "readable") as run:
+        log_config(mlflow, cfg.dump())
+    client = mlflow.MlflowClient(tracking.mlflow_tracking_uri)
+    params = client.get_run(run.info.run_id).data.params
+
+    assert not [k for k in params if k.startswith("categories.") and k.count(".") > 1]
+    assert params["categories.math"] == ", ".join(s.name for s in cfg.categories["math"])
+    assert set(cfg.categories) == {k.removeprefix("categories.") for k in params if k.startswith("categories.")}
+    assert params["catalog"] == cfg.catalog and params["mix.weights.math"] == "2.0"
+    assert params["train.learning_rate"] == "0.3" and params["mix.domain_percent"] == "75.0"
+    assert params["data.sources.0.uri"] == cfg.data.sources[0].uri  # the user's own data stays in full
+    assert len(params) < len(flatten(cfg.dump())) / 1.5
+    assert "never-log-this" not in json.dumps(params)
+    resolved = client.download_artifacts(run.info.run_id, "config/resolved_config.json", str(tmp_path))
+    assert json.loads(open(resolved).read()) == cfg.dump()  # full precision, every catalog entry
 
 
 def test_redact_hides_secret_looking_keys_only():
@@ -80,7 +119,7 @@ def test_config_check_accepts_it_so_logging_does(tmp_path):
                        "mix.weights.code (python)"}
     (mlflow_key,) = renamed
     assert params[mlflow_key] == "0.0" and params["mix.weights.math"] == "1.0"
-    assert len(params) == len(flatten(cfg.dump()))
+    assert len(params) == len(config_params(cfg.dump()))
 
 
 def test_param_keys_are_valid_unique_and_stable():
