@@ -272,3 +272,25 @@ def test_run_missing_a_base_metric_is_refused_with_its_name():
 def test_duplicate_run_names_are_refused():
     with pytest.raises(ValueError, match="unique"):
         compare_runs(BASE, [tuned(BASE, "mix"), tuned(BASE, "mix")])
+
+
+def test_tolerance_description_states_the_rule_the_checks_apply():
+    """The config's words for tolerance: interval excludes zero AND the change exceeds it; never "noise" alone."""
+    import math
+
+    from mixtune.eval.compare import general_check
+    from mixtune.eval.config import EvalConfig
+    from mixtune.eval.stats import PairedChange
+
+    text = EvalConfig.model_fields["tolerance"].description
+    assert "95% interval excludes zero" in text and "below -tolerance" in text and "noise" not in text
+    run = base_run(10)
+
+    def check(delta: float, ci_low: float, ci_high: float) -> str:
+        change = PairedChange(0.5, 0.5 + delta, math.nan, math.nan, delta, ci_low, ci_high, 400)
+        return general_check("arc_challenge/acc_norm", change, 0.02, run, False).outcome
+
+    assert check(-0.05, -0.08, -0.02) == DEGRADED  # interval below zero and the change beyond tolerance
+    assert check(-0.05, -0.11, 0.01) != DEGRADED  # beyond tolerance, but the interval reaches zero
+    assert check(-0.01, -0.015, -0.005) == RETAINED  # a real loss, within tolerance
+    assert check(0.05, 0.02, 0.08) == IMPROVED and check(0.01, 0.005, 0.015) != IMPROVED

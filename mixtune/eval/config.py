@@ -109,7 +109,11 @@ class EvalConfig(StrictModel):
     )
     domain: DomainEvalConfig = Field(default_factory=DomainEvalConfig)
     tolerance: float = Field(
-        0.02, ge=0, description="absolute change on accuracy-like scores (0-1) treated as noise"
+        0.02, ge=0, description=(
+            "absolute change on 0-1 scores. A general score counts as degraded (improved) only when its paired 95% "
+            "interval excludes zero and the change is below -tolerance (above +tolerance); as retained when the "
+            "interval's lower end is at or above -tolerance; else inconclusive. Also the default domain gain asked "
+            "for (domain_target) and the interval half-width the advice's item counts aim at"),
     )
     domain_target: float | None = Field(
         None, description="domain score a tuned model must reach; null = base domain score + tolerance"
