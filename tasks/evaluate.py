@@ -22,7 +22,7 @@ import mixtune.eval.general as general_core
 from mixtune.eval import benchmarks, judge
 from mixtune.eval.config import EvalConfig
 from mixtune.eval.scores import samples_table, scores_table
-from mixtune.eval.under_test import BASE_RUN, model_under_test, run_name
+from mixtune.eval.under_test import BASE_RUN, eval_device, eval_dtype, model_under_test, run_name
 from mixtune.models import model_identity
 from mixtune.sections import ModelConfig, StorageConfig
 from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
@@ -50,7 +50,14 @@ _COMPARE_ONLY = {"tolerance", "domain_target", "instruction_following_prefixes"}
 
 
 def _measured_settings(cfg: EvalConfig) -> dict[str, Any]:
-    return cfg.model_dump(mode="json", exclude=_COMPARE_ONLY)
+    """The settings that shape scores, with the precision ``auto`` resolves to on this machine."""
+    return cfg.model_dump(mode="json", exclude=_COMPARE_ONLY) | {"precision": precision(cfg)}
+
+
+def precision(cfg: EvalConfig) -> dict[str, str]:
+    """Device type and dtype an evaluation runs in here (``eval.device``/``eval.dtype`` resolved)."""
+    device = eval_device(cfg.device)
+    return {"device": device.split(":")[0], "dtype": eval_dtype(cfg.dtype, device)}
 
 
 def _general_inputs(parameters: dict[str, Any]) -> dict[str, Any]:
@@ -105,7 +112,8 @@ def evaluate_general(model: ModelConfig, trained: ArtifactRef | None, eval_cfg: 
             parents=[trained] if trained else [], parameters={"eval": eval_cfg, "model": model},
             rows_in=samples.height, rows_kept=samples.height,
             extra={"scores": run.scores, "docs_evaluated": run.docs_evaluated,
-                   "offline": general_core.resolve_offline(eval_cfg), "lm_eval": run.raw_results},
+                   "offline": general_core.resolve_offline(eval_cfg), "lm_eval": run.raw_results,
+                   "precision": precision(eval_cfg)},
         )
     scores = store.manifest(ref)["scores"]
     get_run_logger().info("general %s: %s", name, json.dumps(scores, sort_keys=True))
@@ -137,7 +145,7 @@ def evaluate_domain(model: ModelConfig, trained: ArtifactRef | None, split: Arti
             parents=[split, *([trained] if trained else [])],
             parameters={"domain": eval_cfg.domain, "model": model, "source_is_label": source_is_label},
             rows_in=predictions.height, rows_kept=predictions.height,
-            extra={"scores": result.scores, "primary_metric": primary},
+            extra={"scores": result.scores, "primary_metric": primary, "precision": precision(eval_cfg)},
         )
     scores = store.manifest(ref)["scores"]
     get_run_logger().info("domain %s: %s", name, json.dumps(scores, sort_keys=True))

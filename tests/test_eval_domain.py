@@ -212,7 +212,8 @@ def test_adapter_is_applied_on_top_of_the_base(tiny_model_dir, tiny_model, tmp_p
     lora = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
                       task_type="CAUSAL_LM")
     get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora).save_pretrained(tmp_path / "adapter")
-    tuned, _ = load_eval_model(str(tiny_model_dir), adapter_dir=str(tmp_path / "adapter"), device="cpu")
+    tuned, _ = load_eval_model(str(tiny_model_dir), adapter_dir=str(tmp_path / "adapter"), dtype="float32",
+                               device="cpu")
     base, tokenizer = tiny_model
     ids = tokenizer("What is anemia?", return_tensors="pt")["input_ids"]
     with torch.no_grad():

@@ -33,7 +33,8 @@ from mixtune.models.tiny import local_model_cache
 from mixtune.tracking import mlflow_run, tracking_uri
 from mixtune.tasks._stage import _key, bind
 from mixtune.tasks.compare import compare
-from mixtune.eval.under_test import local_model_files
+from mixtune.eval import under_test
+from mixtune.eval.under_test import eval_dtype, local_model_files, native_bf16
 from mixtune.models import model_path as local_model_path
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -96,9 +97,12 @@ def test_both_axes_are_scored_for_base_and_tuned(runs):
                 "domain/exact_match", "domain/token_f1", "domain/rouge_l"} <= set(result.scores)
         assert all(0.0 <= v <= 1.0 for k, v in result.scores.items() if k != "domain/rows")
         assert result.scores["domain/rows"] == 6.0
-    parents = ArtifactStore(cfg.storage).manifest(tuned.result().domain)["parents"]
+    store = ArtifactStore(cfg.storage)
+    parents = store.manifest(tuned.result().domain)["parents"]
     assert [p["stage"] for p in parents] == ["split", "train"]
     assert parents[1]["fingerprint"] == trained.fingerprint
+    for ref in (tuned.result().domain, tuned.result().general, base.result().general):  # what the scores ran in
+        assert store.manifest(ref)["precision"] == {"device": "cpu", "dtype": "float32"}
 
 
 def test_predictions_are_stored_with_per_row_scores_that_average_to_the_reported_means(runs):
@@ -256,6 +260,24 @@ def test_cache_key_follows_model_revision_eval_settings_trained_model_and_benchm
     with open(data_dir / "arc_challenge" / "ARC-Challenge-Test.jsonl", "a", encoding="utf-8") as f:
         f.write("\n")
     assert key() != base
+
+
+def test_auto_precision_is_resolved_into_the_cache_key(tmp_path, monkeypatch):
+    """`dtype: auto` means bf16 only where the hardware has it: a machine without it must not reuse bf16 scores."""
+    cfg = parse_config(demo_like_config(tmp_path, tmp_path / "unused.jsonl", model={"name_or_path": "org/model"},
+                                        eval={"offline": True, "device": "cpu", "general_tasks": []}))
+
+    def key() -> str:
+        return _key("eval_general", {"model": cfg.model, "trained": None, "eval_cfg": cfg.eval,
+                                     "storage": cfg.storage})
+
+    here, native_here = key(), native_bf16("cpu")
+    assert eval_dtype("auto", "cpu") == ("bfloat16" if native_here else "float32")
+    assert eval_dtype("float16", "cpu") == "float16"  # an explicit dtype is used as given
+    # A CPU without native bf16 cannot be had here when this one has it: stand one in.
+    monkeypatch.setattr(under_test, "native_bf16", lambda device: False)
+    assert eval_dtype("auto", "cpu") == "float32"
+    assert (key() != here) == native_here
 
 
 def test_remote_trained_model_is_fetched_once_into_the_local_cache(s3_endpoint):  # noqa: F811

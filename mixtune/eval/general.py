@@ -20,6 +20,7 @@ from typing import Any
 
 from mixtune.errors import ConfigError
 from mixtune.eval.config import EvalConfig, GeneralTask
+from mixtune.eval.under_test import eval_device, eval_dtype
 from mixtune.eval.benchmarks import (
     GSM8K_FEWSHOT_POOLS,
     MMLU_MEDICAL_SUBJECTS,
@@ -71,13 +72,16 @@ def _check_fewshot_source(task: GeneralTask, configs: list[dict[str, Any]]) -> N
 
 def build_lm(pretrained: str, cfg: EvalConfig, *, adapter_dir: str | None = None, revision: str | None = None,
              trust_remote_code: bool = False):
-    """The lm-eval HF model; ``adapter_dir`` adds a PEFT adapter on top of the same base, unmerged."""
-    import torch
+    """The lm-eval HF model; ``adapter_dir`` adds a PEFT adapter on top of the same base, unmerged.
+
+    Device and dtype resolve as in ``mixtune.eval.under_test`` (``auto``: bf16 where native).
+    """
     from lm_eval.models.huggingface import HFLM
 
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = eval_device(cfg.device)
     return HFLM(pretrained=pretrained, revision=revision or "main", peft=adapter_dir, batch_size=cfg.batch_size,
-                max_length=cfg.max_length, device=device, dtype=cfg.dtype, trust_remote_code=trust_remote_code)
+                max_length=cfg.max_length, device=device, dtype=eval_dtype(cfg.dtype, device),
+                trust_remote_code=trust_remote_code)
 
 
 def run_general(pretrained: str, cfg: EvalConfig, *, adapter_dir: str | None = None, revision: str | None = None,
