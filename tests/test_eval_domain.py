@@ -216,8 +216,15 @@ def test_adapter_is_applied_on_top_of_the_base(tiny_model_dir, tiny_model, tmp_p
                                device="cpu")
     base, tokenizer = tiny_model
     ids = tokenizer("What is anemia?", return_tensors="pt")["input_ids"]
+    # Merged into the base at load, the adapter computes what PEFT's unmerged layers compute.
+    from peft import PeftModel
+
+    unmerged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                         tmp_path / "adapter").eval()
     with torch.no_grad():
         assert not torch.allclose(base(ids).logits, tuned(ids).logits)
+        torch.testing.assert_close(tuned(ids).logits, unmerged(ids).logits, rtol=1e-4, atol=1e-4)
+    assert not any("lora" in name for name, _ in tuned.named_parameters())  # merged, not wrapped
 
 
 # --- the optional judge over a local OpenAI-compatible endpoint ---

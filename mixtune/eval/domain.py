@@ -30,7 +30,7 @@ import polars as pl
 
 from mixtune.errors import DataError
 from mixtune.eval.config import DomainEvalConfig
-from mixtune.eval.under_test import eval_device, eval_dtype
+from mixtune.eval.under_test import load_eval_model
 from mixtune.models import end_of_turn_ids
 
 LINEAGE = ["_row_id", "_source_file", "_source_row"]
@@ -193,27 +193,6 @@ def split_conversations(test_frame: pl.DataFrame) -> tuple[list[list[dict[str, s
         prompts.append([{"role": m["role"], "content": m["content"]} for m in messages[:last]])
         references.append(messages[last]["content"])
     return prompts, references
-
-
-def load_eval_model(pretrained: str, *, adapter_dir: str | None = None, revision: str | None = None,
-                    trust_remote_code: bool = False, dtype: str = "auto", device: str | None = None):
-    """Model and tokenizer for generation; the adapter is applied unmerged, as lm-eval does.
-
-    ``dtype``/``device`` resolve as in ``mixtune.eval.under_test`` (``auto``: bf16 where native).
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    device = eval_device(device)
-    dtype = eval_dtype(dtype, device)
-    tokenizer = AutoTokenizer.from_pretrained(pretrained, revision=revision, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(pretrained, revision=revision, trust_remote_code=trust_remote_code,
-                                                 dtype=dtype if dtype == "auto" else getattr(torch, dtype))
-    if adapter_dir:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter_dir)
-    return model.to(device).eval(), tokenizer
 
 
 def generate_answers(model, tokenizer, prompts: list[list[dict[str, str]]], *, max_new_tokens: int,

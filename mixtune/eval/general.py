@@ -1,7 +1,8 @@
 """General axis: lm-eval benchmarks on the base model and on base + adapter.
 
-``simple_evaluate`` with lm-eval's ``hf`` model; base + adapter is
-``peft=<adapter_dir>`` on the same base, unmerged. Online, the standard task
+``simple_evaluate`` with lm-eval's ``hf`` model around the model
+``mixtune.eval.under_test.load_eval_model`` loads (base, or base with the
+adapter merged in), the same weights the domain axis answers with. Online, the standard task
 names run as published; offline, the shipped task set of ``mixtune.eval.benchmarks``
 stands in for them with the same prompts and metrics. One model object serves
 every benchmark, so model, batch size and context length are the same
@@ -20,7 +21,7 @@ from typing import Any
 
 from mixtune.errors import ConfigError
 from mixtune.eval.config import EvalConfig, GeneralTask
-from mixtune.eval.under_test import eval_device, eval_dtype
+from mixtune.eval.under_test import load_eval_model
 from mixtune.eval.benchmarks import (
     GSM8K_FEWSHOT_POOLS,
     MMLU_MEDICAL_SUBJECTS,
@@ -72,16 +73,13 @@ def _check_fewshot_source(task: GeneralTask, configs: list[dict[str, Any]]) -> N
 
 def build_lm(pretrained: str, cfg: EvalConfig, *, adapter_dir: str | None = None, revision: str | None = None,
              trust_remote_code: bool = False):
-    """The lm-eval HF model; ``adapter_dir`` adds a PEFT adapter on top of the same base, unmerged.
-
-    Device and dtype resolve as in ``mixtune.eval.under_test`` (``auto``: bf16 where native).
-    """
+    """lm-eval's HF model around ``load_eval_model``'s model: the domain axis's loader, so both axes
+    evaluate the same weights (adapter merged, ``eval.dtype``/``eval.device`` resolved alike)."""
     from lm_eval.models.huggingface import HFLM
 
-    device = eval_device(cfg.device)
-    return HFLM(pretrained=pretrained, revision=revision or "main", peft=adapter_dir, batch_size=cfg.batch_size,
-                max_length=cfg.max_length, device=device, dtype=eval_dtype(cfg.dtype, device),
-                trust_remote_code=trust_remote_code)
+    model, tokenizer = load_eval_model(pretrained, adapter_dir=adapter_dir, revision=revision,
+                                       trust_remote_code=trust_remote_code, dtype=cfg.dtype, device=cfg.device)
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, max_length=cfg.max_length)
 
 
 def run_general(pretrained: str, cfg: EvalConfig, *, adapter_dir: str | None = None, revision: str | None = None,

@@ -7,7 +7,8 @@
 ``from_pretrained`` takes: a hub id or local folder as given, the converted
 folder of a GGUF file or built-in name, or the built tiny model.
 ``model_identity`` is what cache keys hold for the weights; ``load_tokenizer``
-is the one tokenizer every stage counts tokens and renders chat with.
+is the one tokenizer every stage counts tokens and renders chat with;
+``native_bf16`` says where training and evaluation can run in bfloat16.
 """
 
 from __future__ import annotations
@@ -19,6 +20,23 @@ from mixtune.models.tiny import load_tokenizer as _load_tokenizer
 from mixtune.models.tiny import local_model_cache, resolve_model, tiny_model_key
 from mixtune.sections import TINY_MODEL, ModelConfig, StorageConfig
 from mixtune.storage.artifacts import ArtifactStore, fingerprint
+
+
+def native_bf16(device: str) -> bool:
+    """True where bfloat16 matmuls run in hardware: a CUDA device with bf16, a CPU with AVX512-BF16 or AMX.
+
+    Elsewhere a CPU emulates bf16 and runs it slower than fp32. The CPU
+    check is torch's own (``torch.cpu._is_avx512_bf16_supported``, a private
+    function: when a torch release drops it, the answer is False and fp32 stays).
+    """
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device != "cpu":
+        return False
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
 
 
 def gguf_source(model: ModelConfig) -> Path | None:

@@ -93,7 +93,8 @@ class TrainConfig(StrictModel):
     )
     seed: int = seed_field("LoRA init, dropout and any other randomness")
     precision: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="auto: bf16 on a CUDA device that supports it, fp32 otherwise (always on CPU)"
+        "auto", description="auto: bf16 on a CUDA device that supports it, fp32 otherwise (always on CPU); "
+                            "bf16: also on a CPU with AVX512-BF16 or AMX (fp32 with a warning elsewhere)"
     )
     packing: bool = Field(True, description="pack each micro-batch into one row without padding")
     attention: Literal["auto", "packed_sdpa", "sdpa", "eager", "flash_attention_2"] = Field(
