@@ -12,6 +12,10 @@ storage section, one more place-to-look on top.
 Prefect's ``DEFAULT`` policy is not used: its RUN_ID would stop a sweep from
 reusing prepared data, and TASK_SOURCE misses edits in ``mixtune/``.
 
+While a stage computes, it holds its artifact's lock (``mixtune.storage.locks``):
+a second run of the same config on the same local root waits, then finds the
+first run's committed artifact and uses it instead of computing it again.
+
 Prefect keeps its result records (the small ``ArtifactRef`` each task returns)
 in ``<storage root>/_prefect``, so a second run on another worker that shares
 the root hits the same cache.
@@ -19,15 +23,17 @@ the root hits the same cache.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from prefect import Task, task
+from prefect import Task, get_run_logger, task
 from prefect.context import TaskRunContext
 
 from mixtune.storage.artifacts import ArtifactStore, code_version, fingerprint, storage_options
+from mixtune.storage.locks import artifact_lock
 from mixtune.models import model_identity
 from mixtune.sections import ModelConfig, StorageConfig
 
@@ -95,7 +101,7 @@ def stage_task(
         _KEY_EXTRAS[name] = _with_model_identity(key_extra)
         _NOT_IN_KEY[name] = not_in_key
         return task(
-            fn,
+            _locked(name, fn),
             name=name,
             cache_key_fn=lambda _ctx, parameters: _key(name, parameters),
             persist_result=True,
@@ -108,6 +114,27 @@ def stage_task(
         )
 
     return wrap
+
+
+def _locked(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The stage function, run while holding its artifact's lock (keyed by the content key).
+
+    The stage's own ``store.find`` runs inside the lock, so a run that waited
+    finds what the holder committed. A stage without a storage parameter has
+    no artifact to lock.
+    """
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        ctx = TaskRunContext.get()
+        storages = [v for v in ctx.parameters.values() if isinstance(v, StorageConfig)] if ctx else []
+        if not storages:
+            return fn(*args, **kwargs)
+        with artifact_lock(ArtifactStore(storages[0]), name, content_key(name, ctx.parameters).removeprefix(f"{name}-"),
+                           label=ctx.task_run.name, on_wait=get_run_logger().info):
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def _with_model_identity(key_extra: Callable[[dict[str, Any]], Any] | None) -> Callable[[dict[str, Any]], Any]:

@@ -4,4 +4,5 @@
                    ``ArtifactRef``, content ``fingerprint`` and ``code_version`` for cache keys
     code_identity  what a code version covers: a stage's import closure of mixtune modules and the
                    versions of the libraries that shape its output
+    locks          ``artifact_lock``: one OS file lock per artifact while it is computed (local roots)
 """

@@ -1,0 +1,165 @@
+"""One lock per artifact: concurrent runs on one root compute it once, a dead holder blocks nobody."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from mixtune.sections import SourceConfig, StorageConfig
+from mixtune.storage.artifacts import ArtifactStore
+from mixtune.storage.locks import artifact_lock, lock_path
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "ab" * 32
+
+# One run's stage core: under the lock, find the artifact or compute it (2 s) and commit it.
+_RUN = textwrap.dedent("""
+    import json, os, sys, time
+    import polars as pl
+    from mixtune.sections import StorageConfig
+    from mixtune.storage.artifacts import ArtifactStore
+    from mixtune.storage.locks import artifact_lock
+
+    root, key, computed_log = sys.argv[1:4]
+    store = ArtifactStore(StorageConfig(root=root))
+    with artifact_lock(store, "probe", key, label="probe p", on_wait=lambda line: print(line, flush=True)):
+        ref = store.find("probe", "p", key)
+        if ref is None:
+            with open(computed_log, "a") as f:
+                f.write(f"{os.getpid()}\\n")
+            time.sleep(2)
+            ref = store.commit(stage="probe", name="p", key=key, tables={"data": pl.DataFrame({"x": [os.getpid()]})},
+                               rows_in=1, rows_kept=1)
+    print(json.dumps(ref.model_dump()), flush=True)
+""")
+
+
+def _python(*args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **popen)
+
+
+def test_locks_two_processes_compute_one_artifact_once(tmp_path):
+    computed_log = tmp_path / "computed.log"
+    first = _python("-c", _RUN, str(tmp_path / "store"), KEY, str(computed_log))
+    time.sleep(0.5)  # imports take longer than that: the two start seconds apart at most, as two runs would
+    second = _python("-c", _RUN, str(tmp_path / "store"), KEY, str(computed_log))
+    outputs = [p.communicate(timeout=120) for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], [err for _, err in outputs]
+
+    assert len(computed_log.read_text().split()) == 1  # computed once, by one of them
+    refs = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert refs[0] == refs[1]
+    waited = [line for out, _ in outputs for line in out.splitlines() if line.startswith("waiting for")]
+    lock = lock_path(ArtifactStore(StorageConfig(root=str(tmp_path / "store"))), "probe", KEY)
+    assert waited == [f"waiting for probe p: another run is computing it (lock {lock})"]
+
+
+def test_locks_a_sigkilled_holder_blocks_nobody(tmp_path):
+    store = ArtifactStore(StorageConfig(root=str(tmp_path / "store")))
+    holder = _python("-c", textwrap.dedent(f"""
+        import time
+        from mixtune.sections import StorageConfig
+        from mixtune.storage.artifacts import ArtifactStore
+        from mixtune.storage.locks import artifact_lock
+        with artifact_lock(ArtifactStore(StorageConfig(root={str(tmp_path / "store")!r})), "probe", {KEY!r}):
+            print("held", flush=True)
+            time.sleep(600)
+    """))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        waits: list[str] = []
+        acquired = threading.Event()
+
+        def take() -> None:
+            with artifact_lock(store, "probe", KEY, on_wait=waits.append):
+                acquired.set()
+
+        taker = threading.Thread(target=take, daemon=True)
+        taker.start()
+        assert not acquired.wait(1.0)  # held by a live process: it waits
+        assert len(waits) == 1
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=10)
+        assert Path(lock_path(store, "probe", KEY)).exists()  # the stale lock file stays behind ...
+        assert acquired.wait(5.0)  # ... and blocks nobody: the kernel released the lock with its holder
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+
+
+def test_locks_an_s3_root_is_not_locked():
+    store = ArtifactStore(StorageConfig(root="s3://bucket/prefix", endpoint_url="http://127.0.0.1:1"))
+    with artifact_lock(store, "probe", KEY) as path:
+        assert path is None
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_stage_task_waits_for_a_concurrent_run_and_reuses_its_artifact(tmp_path, monkeypatch):
+    """Two flow runs of one stage at once, as two `mixtune run`s on one root: one computes, both get its ref."""
+    from prefect import flow
+
+    import mixtune.prepare.transform as transform_core
+    from mixtune.tasks.transform import transform
+
+    source = SourceConfig.model_validate({"name": "med", "uri": str(tmp_path / "rows.jsonl"), "columns": {
+        "kind": "prompt_response", "prompt": "question", "response": "answer"}})
+    storage = StorageConfig(root=str(tmp_path / "store"))
+    rows = pl.DataFrame({"question": ["q1", "q2"], "answer": ["a1", "a2"],
+                         "_source_file": ["rows.jsonl"] * 2, "_source_row": [0, 1]})
+    clean = ArtifactStore(storage).commit(stage="sanitize", name="med", key="cd" * 32, tables={"data": rows},
+                                          rows_in=2, rows_kept=2)
+    computed = []
+    real = transform_core.transform
+
+    def slow_transform(*args, **kwargs):  # the real transform, counted and slow enough to overlap
+        computed.append(threading.get_ident())
+        time.sleep(3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transform_core, "transform", slow_transform)
+
+    @flow
+    def one_run(clean, source: SourceConfig, storage: StorageConfig):
+        return transform(clean, source, storage)
+
+    refs = [None, None]
+
+    def run(i: int) -> None:
+        refs[i] = one_run(clean, source, storage)
+
+    class Lines(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.INFO)
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    task_log = Lines()  # Prefect's task run logger does not propagate to the root (caplog)
+    logging.getLogger("prefect.task_runs").addHandler(task_log)
+    runs = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    try:
+        for thread in runs:
+            thread.start()
+            time.sleep(0.5)
+        for thread in runs:
+            thread.join(timeout=120)
+    finally:
+        logging.getLogger("prefect.task_runs").removeHandler(task_log)
+    assert len(computed) == 1
+    assert refs[0] is not None and refs[0] == refs[1]
+    lock = lock_path(ArtifactStore(storage), "transform", refs[0].fingerprint.removeprefix("transform-"))
+    assert [line for line in task_log.lines if line.startswith("waiting for")] == [
+        f"waiting for transform med: another run is computing it (lock {lock})"]
