@@ -10,7 +10,8 @@ The core library, in the order of the DAG (no Prefect import anywhere in it):
     models/    which weights a run loads (hub id, folder, GGUF file, built-in model, the tiny test model)
     config.py, sections.py, errors.py, tracking.py, resources.py,
     console.py (what the CLI prints, the log file that keeps the rest),
-    preflight.py (what config check verifies beyond the schema: model, tokenizer, eval tasks)
+    preflight.py (what config check verifies beyond the schema: model, tokenizer, eval tasks),
+    children.py (no child process outlives mixtune: PDEATHSIG, and a watchdog for library-started ones)
 
 The Prefect layer sits on top: ``mixtune.tasks`` (one task per stage) and
 ``mixtune.flows`` (wiring), then ``mixtune.cli``. Imports run cli -> flows ->
