@@ -14,8 +14,8 @@ what it leaves out, tracebacks included:
   lm-eval's per-task "Custom kwargs can be passed to --metadata" note and its
   "generation_kwargs ... specified through cli" advice,
   FutureWarning and DeprecationWarning from libraries (peft, transformers), and
-  the "Stopping temporary server" line Prefect writes at exit, after the CLI's
-  last line.
+  the "Stopping temporary server" and "Still processing items" lines Prefect
+  writes at exit, after the CLI's last line.
 
 Standard ``logging`` filters do the routing, so Prefect's own handlers (its
 console and the API handler that feeds the UI) stay as Prefect configures
@@ -49,6 +49,8 @@ _DEMOTED: list[tuple[str, Callable[[str], bool]]] = [
     ("lm_eval.evaluator", lambda msg: "specified through cli, these settings will update" in msg),
     # Written by an atexit hook after the CLI's last line (the report or the error).
     ("prefect", lambda msg: msg.startswith("Stopping temporary server")),
+    # Also at exit, after a run that failed fast: Prefect's event queue draining.
+    ("EventsWorker", lambda msg: msg.startswith("Still processing items")),
 ]
 _LIBRARY_WARNINGS = (FutureWarning, DeprecationWarning, PendingDeprecationWarning)
 # What the last `setup` added, so a second call (several commands in one process, as in tests)

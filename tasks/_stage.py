@@ -33,6 +33,7 @@ from prefect import Task, get_run_logger, task
 from prefect.context import TaskRunContext
 
 from mixtune.storage.artifacts import ArtifactStore, code_version, fingerprint, storage_options
+from mixtune.storage.faults import storage_faults
 from mixtune.storage.locks import artifact_lock
 from mixtune.models import model_identity
 from mixtune.sections import ModelConfig, StorageConfig
@@ -119,6 +120,9 @@ def stage_task(
 def _locked(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     """The stage function, run while holding its artifact's lock (keyed by the content key).
 
+    A storage fault (S3 unreachable, disk full or read-only under the root)
+    leaves it as one ``StorageError`` naming the root (``mixtune.storage.faults``).
+
     The stage's own ``store.find`` runs inside the lock, so a run that waited
     finds what the holder committed. A stage without a storage parameter has
     no artifact to lock.
@@ -130,8 +134,9 @@ def _locked(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         storages = [v for v in ctx.parameters.values() if isinstance(v, StorageConfig)] if ctx else []
         if not storages:
             return fn(*args, **kwargs)
-        with artifact_lock(ArtifactStore(storages[0]), name, content_key(name, ctx.parameters).removeprefix(f"{name}-"),
-                           label=ctx.task_run.name, on_wait=get_run_logger().info):
+        key = content_key(name, ctx.parameters).removeprefix(f"{name}-")
+        with storage_faults(storages[0]), artifact_lock(ArtifactStore(storages[0]), name, key,
+                                                        label=ctx.task_run.name, on_wait=get_run_logger().info):
             return fn(*args, **kwargs)
 
     return run
