@@ -18,12 +18,14 @@ first run's committed artifact and uses it instead of computing it again.
 
 Prefect keeps its result records (the small ``ArtifactRef`` each task returns)
 in ``<storage root>/_prefect``, so a second run on another worker that shares
-the root hits the same cache.
+the root hits the same cache. A record whose artifact's manifest has since been
+deleted or damaged is dropped, and the stage runs again.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from pathlib import Path
 from types import ModuleType
@@ -32,7 +34,7 @@ from typing import Any, Callable
 from prefect import Task, get_run_logger, task
 from prefect.context import TaskRunContext
 
-from mixtune.storage.artifacts import ArtifactStore, code_version, fingerprint, storage_options
+from mixtune.storage.artifacts import ArtifactRef, ArtifactStore, code_version, fingerprint, storage_options
 from mixtune.storage.faults import storage_faults
 from mixtune.storage.locks import artifact_lock
 from mixtune.models import model_identity
@@ -104,7 +106,7 @@ def stage_task(
         return task(
             _locked(name, fn),
             name=name,
-            cache_key_fn=lambda _ctx, parameters: _key(name, parameters),
+            cache_key_fn=lambda ctx, parameters: _forget_if_artifact_gone(ctx, parameters, _key(name, parameters)),
             persist_result=True,
             # Stages log through the run logger. Captured prints also break `datasets`, whose
             # dill hashing reads dis.dis output from stdout (a flow's log_prints would steal it).
@@ -115,6 +117,46 @@ def stage_task(
         )
 
     return wrap
+
+
+def _refs(value: Any) -> list[ArtifactRef]:
+    """Every ArtifactRef in a task result (a ref, or lists and dicts of them)."""
+    if isinstance(value, ArtifactRef):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [ref for item in value for ref in _refs(item)]
+    return []
+
+
+def _forget_if_artifact_gone(ctx: TaskRunContext, parameters: dict[str, Any], key: str) -> str:
+    """Prefect's cache key, after dropping a cached result that points at an artifact no longer whole.
+
+    Prefect's record of a finished stage holds only the ``ArtifactRef``; the
+    artifact is the folder it names. When that folder's manifest was deleted or
+    damaged since (a cleanup, a torn copy), a cache hit would hand the next
+    stage a ref to nothing. The record (``<root>/_prefect/<key>``, see
+    ``result_storage_for``) is deleted instead, so the stage runs, finds no
+    artifact (``ArtifactStore.find``) and computes it again.
+    """
+    storages = [v for v in parameters.values() if isinstance(v, StorageConfig)]
+    result_store = getattr(ctx, "result_store", None)
+    if not storages or result_store is None or not result_store.exists(key):
+        return key
+    try:
+        refs = _refs(result_store.read(key).result)
+    except Exception:  # an unreadable record is Prefect's to handle: it treats it as a miss
+        return key
+    store = ArtifactStore(storages[0])
+    gone = [r for r in refs if store.find(r.stage, r.name, r.fingerprint) is None]
+    record = store.uri("_prefect", key)
+    if gone and store.exists(record):
+        logging.getLogger(__name__).warning(
+            "%s: the cached result points at %s, whose manifest is missing or damaged; computing it again",
+            ctx.task.name, ", ".join(r.uri for r in gone))
+        store.remove(record)
+    return key
 
 
 def _locked(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -163,3 +163,43 @@ def test_stage_task_waits_for_a_concurrent_run_and_reuses_its_artifact(tmp_path,
     lock = lock_path(ArtifactStore(storage), "transform", refs[0].fingerprint.removeprefix("transform-"))
     assert [line for line in task_log.lines if line.startswith("waiting for")] == [
         f"waiting for transform med: another run is computing it (lock {lock})"]
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_stage_task_recomputes_a_cached_result_whose_manifest_was_damaged(tmp_path, monkeypatch, damage):
+    """Prefect's record of a finished stage is only a ref: when its manifest is gone, the stage runs again."""
+    from prefect import flow
+
+    import mixtune.prepare.transform as transform_core
+    from mixtune.tasks._stage import bind
+    from mixtune.tasks.transform import transform
+
+    source = SourceConfig.model_validate({"name": "med", "uri": str(tmp_path / "rows.jsonl"), "columns": {
+        "kind": "prompt_response", "prompt": "question", "response": "answer"}})
+    storage = StorageConfig(root=str(tmp_path / "store"))
+    store = ArtifactStore(storage)
+    rows = pl.DataFrame({"question": ["q1", "q2"], "answer": ["a1", "a2"],
+                         "_source_file": ["rows.jsonl"] * 2, "_source_row": [0, 1]})
+    clean = store.commit(stage="sanitize", name="med", key="ef" * 32, tables={"data": rows}, rows_in=2, rows_kept=2)
+    computed = []
+    real = transform_core.transform
+    monkeypatch.setattr(transform_core, "transform", lambda *a, **k: computed.append(1) or real(*a, **k))
+
+    @flow
+    def one_run(clean, source: SourceConfig, storage: StorageConfig):
+        [bound] = bind(storage, transform)  # results kept under the root, as the pipeline keeps them
+        return bound(clean, source, storage)
+
+    first = one_run(clean, source, storage)
+    assert one_run(clean, source, storage) == first and len(computed) == 1  # a Prefect cache hit
+    manifest = Path(first.uri) / "manifest.json"
+    if damage == "truncated":  # a torn write, as a crash or a full disk leaves it
+        manifest.write_bytes(manifest.read_bytes()[:40])
+    else:
+        manifest.unlink()
+
+    again = one_run(clean, source, storage)
+    assert len(computed) == 2
+    assert again == first
+    assert store.find("transform", "med", first.fingerprint) == first  # whole again
