@@ -13,7 +13,7 @@ Prefect's ``DEFAULT`` policy is not used: its RUN_ID would stop a sweep from
 reusing prepared data, and TASK_SOURCE misses edits in ``mixtune/``.
 
 While a stage computes, it holds its artifact's lock (``mixtune.storage.locks``):
-a second run of the same config on the same local root waits, then finds the
+a second run of the same config on the same root waits, then finds the
 first run's committed artifact and uses it instead of computing it again.
 
 Prefect keeps its result records (the small ``ArtifactRef`` each task returns)

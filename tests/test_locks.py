@@ -18,7 +18,8 @@ import pytest
 
 from mixtune.sections import SourceConfig, StorageConfig
 from mixtune.storage.artifacts import ArtifactStore
-from mixtune.storage.locks import artifact_lock, lock_path
+from mixtune.storage.locks import LEASE_S, artifact_lock, lock_path
+from s3_server import S3_TEST_ENV, create_bucket, running_moto_process
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "ab" * 32
@@ -31,8 +32,8 @@ _RUN = textwrap.dedent("""
     from mixtune.storage.artifacts import ArtifactStore
     from mixtune.storage.locks import artifact_lock
 
-    root, key, computed_log = sys.argv[1:4]
-    store = ArtifactStore(StorageConfig(root=root))
+    root, endpoint, key, computed_log = sys.argv[1:5]
+    store = ArtifactStore(StorageConfig(root=root, endpoint_url=endpoint or None))
     with artifact_lock(store, "probe", key, label="probe p", on_wait=lambda line: print(line, flush=True)):
         ref = store.find("probe", "p", key)
         if ref is None:
@@ -44,17 +45,41 @@ _RUN = textwrap.dedent("""
     print(json.dumps(ref.model_dump()), flush=True)
 """)
 
+# A holder that takes the lock and never lets go (until it is killed).
+_HOLD = textwrap.dedent("""
+    import sys, time
+    from mixtune.sections import StorageConfig
+    from mixtune.storage.artifacts import ArtifactStore
+    from mixtune.storage.locks import artifact_lock
+
+    root, endpoint, key, lease_s = sys.argv[1:5]
+    store = ArtifactStore(StorageConfig(root=root, endpoint_url=endpoint or None))
+    with artifact_lock(store, "probe", key, lease_s=float(lease_s)):
+        print("held", flush=True)
+        time.sleep(600)
+""")
+
+
+@pytest.fixture
+def s3_root(tmp_path, monkeypatch):
+    """A real S3 server process (moto) with a bucket; yields (root, endpoint)."""
+    for name, value in S3_TEST_ENV.items():
+        monkeypatch.setenv(name, value)
+    with running_moto_process(tmp_path) as endpoint:
+        create_bucket(endpoint, "locks")
+        yield "s3://locks/store", endpoint
+
 
 def _python(*args: str, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, **popen)
 
 
-def test_locks_two_processes_compute_one_artifact_once(tmp_path):
+def _two_runs_compute_once(root: str, endpoint: str, tmp_path: Path) -> None:
     computed_log = tmp_path / "computed.log"
-    first = _python("-c", _RUN, str(tmp_path / "store"), KEY, str(computed_log))
+    first = _python("-c", _RUN, root, endpoint, KEY, str(computed_log))
     time.sleep(0.5)  # imports take longer than that: the two start seconds apart at most, as two runs would
-    second = _python("-c", _RUN, str(tmp_path / "store"), KEY, str(computed_log))
+    second = _python("-c", _RUN, root, endpoint, KEY, str(computed_log))
     outputs = [p.communicate(timeout=120) for p in (first, second)]
     assert [p.returncode for p in (first, second)] == [0, 0], [err for _, err in outputs]
 
@@ -62,28 +87,28 @@ def test_locks_two_processes_compute_one_artifact_once(tmp_path):
     refs = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
     assert refs[0] == refs[1]
     waited = [line for out, _ in outputs for line in out.splitlines() if line.startswith("waiting for")]
-    lock = lock_path(ArtifactStore(StorageConfig(root=str(tmp_path / "store"))), "probe", KEY)
+    lock = lock_path(ArtifactStore(StorageConfig(root=root, endpoint_url=endpoint or None)), "probe", KEY)
     assert waited == [f"waiting for probe p: another run is computing it (lock {lock})"]
 
 
-def test_locks_a_sigkilled_holder_blocks_nobody(tmp_path):
-    store = ArtifactStore(StorageConfig(root=str(tmp_path / "store")))
-    holder = _python("-c", textwrap.dedent(f"""
-        import time
-        from mixtune.sections import StorageConfig
-        from mixtune.storage.artifacts import ArtifactStore
-        from mixtune.storage.locks import artifact_lock
-        with artifact_lock(ArtifactStore(StorageConfig(root={str(tmp_path / "store")!r})), "probe", {KEY!r}):
-            print("held", flush=True)
-            time.sleep(600)
-    """))
+def test_locks_two_processes_compute_one_artifact_once(tmp_path):
+    _two_runs_compute_once(str(tmp_path / "store"), "", tmp_path)
+
+
+def test_locks_two_processes_compute_one_artifact_once_on_s3(tmp_path, s3_root):
+    _two_runs_compute_once(*s3_root, tmp_path)
+
+
+def _killed_holder_blocks_nobody_for_long(root: str, endpoint: str, lease_s: float, within_s: float) -> None:
+    store = ArtifactStore(StorageConfig(root=root, endpoint_url=endpoint or None))
+    holder = _python("-c", _HOLD, root, endpoint, KEY, str(lease_s))
     try:
-        assert holder.stdout.readline().strip() == "held"
+        assert holder.stdout.readline().strip() == "held", holder.stderr.read()
         waits: list[str] = []
         acquired = threading.Event()
 
         def take() -> None:
-            with artifact_lock(store, "probe", KEY, on_wait=waits.append):
+            with artifact_lock(store, "probe", KEY, on_wait=waits.append, lease_s=lease_s):
                 acquired.set()
 
         taker = threading.Thread(target=take, daemon=True)
@@ -92,17 +117,22 @@ def test_locks_a_sigkilled_holder_blocks_nobody(tmp_path):
         assert len(waits) == 1
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait(timeout=10)
-        assert Path(lock_path(store, "probe", KEY)).exists()  # the stale lock file stays behind ...
-        assert acquired.wait(5.0)  # ... and blocks nobody: the kernel released the lock with its holder
+        assert store.exists(lock_path(store, "probe", KEY))  # the stale lock stays behind ...
+        assert acquired.wait(within_s)  # ... and blocks nobody for long
+        taker.join(timeout=30)  # released while the store is still up
     finally:
         holder.kill()
         holder.wait(timeout=10)
 
 
-def test_locks_an_s3_root_is_not_locked():
-    store = ArtifactStore(StorageConfig(root="s3://bucket/prefix", endpoint_url="http://127.0.0.1:1"))
-    with artifact_lock(store, "probe", KEY) as path:
-        assert path is None
+def test_locks_a_sigkilled_holder_blocks_nobody(tmp_path):
+    # The kernel released the lock with its holder: taken at once.
+    _killed_holder_blocks_nobody_for_long(str(tmp_path / "store"), "", LEASE_S, within_s=5.0)
+
+
+def test_locks_a_sigkilled_holders_s3_lease_is_taken_over_after_one_lease(s3_root):
+    # Not renewed since the kill: taken over once the waiter has seen it unchanged for a whole lease.
+    _killed_holder_blocks_nobody_for_long(*s3_root, lease_s=3.0, within_s=3.0 + 10.0)
 
 
 @pytest.mark.usefixtures("prefect_server")

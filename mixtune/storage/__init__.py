@@ -6,5 +6,5 @@
                    versions of the libraries that shape its output
     faults         ``storage_fault``: an S3 outage or a full/read-only disk under the root as one
                    ``StorageError`` naming ``storage.root`` (and ``storage.endpoint_url``)
-    locks          ``artifact_lock``: one OS file lock per artifact while it is computed (local roots)
+    locks          ``artifact_lock``: one lock per artifact while it is computed (a file lock, an S3 lease)
 """
