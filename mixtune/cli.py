@@ -493,12 +493,14 @@ def main(argv: list[str] | None = None) -> int:
         console.report_error(exc, args.log_file, verbose=args.verbose)
         return 2
     except Exception as exc:
-        # A storage fault outside a stage (Prefect persisting a result, a flow reading a table).
+        # A storage fault outside a stage (Prefect persisting a result, a flow reading a table), or an
+        # error raised while handling a user-facing one (ending an MLflow run on the same full disk).
         from mixtune.storage.faults import storage_fault
 
-        if args.storage is None or (fault := storage_fault(exc, args.storage)) is None:
+        error = (storage_fault(exc, args.storage) if args.storage is not None else None) or console.user_facing_error(exc)
+        if error is None:
             raise
-        console.report_error(fault, args.log_file, verbose=args.verbose)
+        console.report_error(error, args.log_file, verbose=args.verbose)
         return 2
 
 

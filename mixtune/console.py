@@ -8,7 +8,9 @@ what it leaves out, tracebacks included:
 - A user-facing error (``MixtuneError``, a config error included) is printed
   once, by the CLI, as the last line. Prefect logs the same exception from the
   failing task run and again from every flow run above it, with a traceback
-  each time; those records go to the log file only. Any other exception keeps
+  each time; those records go to the log file only, and so do records of an
+  exception raised while handling one (an MLflow store failing on the same
+  full disk as it ends the run). Any other exception keeps
   its tracebacks on the console.
 - Library chatter that tells a user nothing goes to the log file at DEBUG:
   lm-eval's per-task "Custom kwargs can be passed to --metadata" note and its
@@ -88,15 +90,33 @@ class _ConsoleFilter(logging.Filter):
         if self.show_errors:
             return True
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, MixtuneError):
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            if first_line:
-                self.errors.append(_squash(first_line))
+        if exc is not None and user_facing_error(exc) is not None:
+            # The error itself, or one raised while handling it (a cleanup that failed on the same
+            # full disk): either way the CLI prints the user-facing one, once.
+            for error in {exc, user_facing_error(exc)}:
+                first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                if first_line:
+                    self.errors.append(_squash(first_line))
             return False
         if self.errors:
             message = _squash(record.getMessage())
             return not any(error in message for error in self.errors)
         return True
+
+
+def user_facing_error(exc: BaseException) -> MixtuneError | None:
+    """``exc`` if it is a MixtuneError, else the first one it was raised from or while handling."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, MixtuneError):
+            return current
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+    return None
 
 
 class _Demote(logging.Filter):

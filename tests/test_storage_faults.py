@@ -104,3 +104,37 @@ def test_storage_faults_a_full_or_read_only_disk_is_one_error_naming_root_and_pa
         cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=420)
     assert run.returncode == 2, run.stdout[-3000:] + run.stderr[-3000:]
     _assert_one_error(run.stdout + run.stderr, f"storage {disk / 'store'} (storage.root): {reason}")
+
+
+def test_storage_faults_a_full_disk_under_mlflow_too_still_ends_on_the_enospc(tmp_path):
+    """`mixtune run`: the default MLflow sqlite file sits beside the root, on the same full disk.
+
+    Ending the MLflow run then fails with "database or disk is full" while the stage's
+    ENOSPC is being handled; the last line is still the ENOSPC, naming root and path.
+    """
+    if not _can_mount_in_a_namespace(tmp_path):
+        pytest.skip("unshare cannot mount a tmpfs here (user namespaces disabled)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    config = _config(tmp_path, {"root": str(disk / "store")})
+    raw = yaml.safe_load(config.read_text())
+    raw["data"]["sources"][0]["max_rows"] = 120
+    raw |= {"validate": {"max_length": 256, "on_too_long": "truncate"}, "split": {"group_column": "focus"},
+            "catalog": str(REPO / "configs" / "catalog-offline.yaml"), "mix": {"domain_percent": 75, "weights": {"math": 1}},
+            "train": {"global_batch_size": 4, "per_device_batch_size": 4, "max_steps": 2, "max_length": 256},
+            "eval": {"general_tasks": [{"name": "arc_challenge", "limit": 2}],
+                     "domain": {"max_rows": 2, "max_new_tokens": 4}}}
+    config.write_text(yaml.safe_dump(raw))
+    # 2500 KiB: the model (~530 KiB) and the MLflow database fit; the prepared data (120 domain rows
+    # and the math catalog sources) does not, so the run stops in prepare, in about 20 s.
+    run = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+         f'mount -t tmpfs -o size=2500k tmpfs "{disk}" && exec "{sys.executable}" -m mixtune.cli run "{config}"'],
+        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    output = run.stdout + run.stderr
+    assert run.returncode == 2, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith(f"error: storage {disk / 'store'} (storage.root): no space left on device, at "), last
+    assert [line for line in output.splitlines() if line.startswith("error: ")] == [last]
+    # Prefect's records of the MLflow error raised while handling it stay in the log file.
+    assert "Encountered exception during execution: MlflowException" not in output

@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import shutil
 from typing import Iterator
 
 from mixtune.errors import MixtuneError, StorageError
@@ -63,6 +65,20 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def _disk_errors(exc: BaseException) -> Iterator[tuple[int, str]]:
+    """(errno, path) of a disk error: an OSError, or each file a ``shutil.copytree`` could not copy.
+
+    ``copytree`` gathers its failures into one ``shutil.Error`` of (src, dst, message) and
+    keeps only each message, "[Errno 28] No space left on device: ...", so the errno is read from it.
+    """
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+        for entry in exc.args[0]:
+            if len(entry) == 3 and (match := re.match(r"\[Errno (\d+)\]", str(entry[2]))):
+                yield int(match.group(1)), str(entry[1])
+    elif isinstance(exc, OSError) and exc.errno is not None and isinstance(exc.filename, str):
+        yield exc.errno, exc.filename
+
+
 def storage_fault(exc: BaseException, storage: StorageConfig) -> StorageError | None:
     """The ``StorageError`` an exception amounts to under this storage section, or None."""
     remote = storage.root.startswith("s3://")
@@ -72,10 +88,10 @@ def storage_fault(exc: BaseException, storage: StorageConfig) -> StorageError | 
         if remote and _is_connection_error(cause):
             return StorageError(storage.root, f"cannot be reached ({cause})", endpoint_url=storage.endpoint_url,
                                 advice="Check that the S3 server is up and that storage.endpoint_url names it")
-        if (not remote and isinstance(cause, OSError) and cause.errno in _DISK_FAULTS
-                and isinstance(cause.filename, str) and _under(cause.filename, storage.root)):
-            reason, advice = _DISK_FAULTS[cause.errno]
-            return StorageError(storage.root, reason, path=cause.filename, advice=advice)
+        for code, path in _disk_errors(cause) if not remote else ():
+            if code in _DISK_FAULTS and _under(path, storage.root):
+                reason, advice = _DISK_FAULTS[code]
+                return StorageError(storage.root, reason, path=path, advice=advice)
     return None
 
 
