@@ -142,20 +142,22 @@ def _forget_if_artifact_gone(ctx: TaskRunContext, parameters: dict[str, Any], ke
     """
     storages = [v for v in parameters.values() if isinstance(v, StorageConfig)]
     result_store = getattr(ctx, "result_store", None)
-    if not storages or result_store is None or not result_store.exists(key):
+    if not storages or result_store is None:
         return key
     try:
+        if not result_store.exists(key):
+            return key
         refs = _refs(result_store.read(key).result)
-    except Exception:  # an unreadable record is Prefect's to handle: it treats it as a miss
-        return key
-    store = ArtifactStore(storages[0])
-    gone = [r for r in refs if store.find(r.stage, r.name, r.fingerprint) is None]
-    record = store.uri("_prefect", key)
-    if gone and store.exists(record):
-        logging.getLogger(__name__).warning(
-            "%s: the cached result points at %s, whose manifest is missing or damaged; computing it again",
-            ctx.task.name, ", ".join(r.uri for r in gone))
-        store.remove(record)
+        store = ArtifactStore(storages[0])
+        gone = [r for r in refs if store.find(r.stage, r.name, r.fingerprint) is None]
+        record = store.uri("_prefect", key)
+        if gone and store.exists(record):
+            logging.getLogger(__name__).warning(
+                "%s: the cached result points at %s, whose manifest is missing or damaged; computing it again",
+                ctx.task.name, ", ".join(r.uri for r in gone))
+            store.remove(record)
+    except Exception:  # an unreadable record or an unreachable store: Prefect's lookup and the stage decide
+        pass
     return key
 
 
