@@ -37,7 +37,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from mixtune.errors import MixtuneError
+from mixtune.errors import MixtuneError, causes
 
 LOG_DIR_ENV = "MIXTUNE_LOG_DIR"
 LIBRARY_LOGGER = "mixtune.libraries"  # file-only records about libraries
@@ -106,17 +106,7 @@ class _ConsoleFilter(logging.Filter):
 
 def user_facing_error(exc: BaseException) -> MixtuneError | None:
     """``exc`` if it is a MixtuneError, else the first one it was raised from or while handling."""
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo:
-        current = todo.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, MixtuneError):
-            return current
-        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
-    return None
+    return next((e for e in causes(exc) if isinstance(e, MixtuneError)), None)
 
 
 class _Demote(logging.Filter):

@@ -164,12 +164,11 @@ def _forget_if_artifact_gone(ctx: TaskRunContext, parameters: dict[str, Any], ke
 def _locked(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     """The stage function, run while holding its artifact's lock (keyed by the content key).
 
-    A storage fault (S3 unreachable, disk full or read-only under the root)
-    leaves it as one ``StorageError`` naming the root (``mixtune.storage.faults``).
-
     The stage's own ``store.find`` runs inside the lock, so a run that waited
     finds what the holder committed. A stage without a storage parameter has
-    no artifact to lock.
+    no artifact to lock. A storage fault (S3 unreachable, disk full or
+    read-only under the root) leaves it as one ``StorageError`` naming the root
+    (``mixtune.storage.faults``).
     """
 
     @functools.wraps(fn)

@@ -24,7 +24,7 @@ import re
 import shutil
 from typing import Iterator
 
-from mixtune.errors import MixtuneError, StorageError
+from mixtune.errors import MixtuneError, StorageError, causes
 from mixtune.sections import StorageConfig
 
 # errno -> (what happened, what to do)
@@ -34,18 +34,6 @@ _DISK_FAULTS = {
     errno.EROFS: ("read-only file system", "Point storage.root at a writable folder"),
     errno.EACCES: ("permission denied", "Point storage.root at a folder this user can write"),
 }
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    todo = [exc]
-    while todo:
-        current = todo.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -82,7 +70,7 @@ def _disk_errors(exc: BaseException) -> Iterator[tuple[int, str]]:
 def storage_fault(exc: BaseException, storage: StorageConfig) -> StorageError | None:
     """The ``StorageError`` an exception amounts to under this storage section, or None."""
     remote = storage.root.startswith("s3://")
-    for cause in _chain(exc):
+    for cause in causes(exc):
         if isinstance(cause, StorageError):
             return cause
         if remote and _is_connection_error(cause):
