@@ -11,7 +11,8 @@ The core library, in the order of the DAG (no Prefect import anywhere in it):
     config.py, sections.py, errors.py, tracking.py, resources.py,
     tracking_runs.py (which MLflow run a process holds: stale runs closed, re-runs keyed),
     console.py (what the CLI prints, the log file that keeps the rest),
-    preflight.py (what config check verifies beyond the schema: model, tokenizer, eval tasks)
+    preflight.py (what config check verifies beyond the schema: model, tokenizer, eval tasks),
+    children.py (no child process outlives mixtune: PDEATHSIG, and a watchdog for library-started ones)
 
 The Prefect layer sits on top: ``mixtune.tasks`` (one task per stage) and
 ``mixtune.flows`` (wiring), then ``mixtune.cli``. Imports run cli -> flows ->

@@ -82,10 +82,51 @@ def _ensure_folders() -> None:
         Path(os.environ.get(variable) or default).expanduser().mkdir(parents=True, exist_ok=True)
 
 
-def _start_flows(args: argparse.Namespace, *, evaluating: bool) -> None:
-    """Console routing and this command's log file; call once Prefect is imported."""
+def _start_flows(args: argparse.Namespace, cfg, *, evaluating: bool) -> None:
+    """Console routing and this command's log file, and Prefect's temporary API tied to this
+    process; call once Prefect is imported. ``cfg.storage`` names the root in a storage fault."""
+    args.storage = cfg.storage
     args.log_file = console.default_log_file(args.command)
     console.setup(args.log_file, verbose=args.verbose, evaluating=evaluating)
+    _start_prefect_api()
+
+
+_prefect_api_watchdog = None  # one per process: the server is one per process too
+
+
+def _start_prefect_api() -> None:
+    """Start Prefect's temporary (ephemeral) API server now, guarded so it dies with this process.
+
+    Without ``PREFECT_API_URL``, Prefect's first client call starts a uvicorn
+    subprocess and stops it from an ``atexit`` hook, which a SIGKILL never runs:
+    the server outlived a killed run. Started here instead, before the first
+    flow, the same singleton server (``SubprocessASGIServer``) is handed to a
+    ``mixtune.children.Watchdog`` the moment it is spawned (and after each
+    restart on a taken port), which terminates it when this process ends, however
+    it ends. With an API URL set (a real server) there is nothing to start.
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    from mixtune.children import Watchdog
+
+    global _prefect_api_watchdog
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value() or _prefect_api_watchdog:
+        return
+    _prefect_api_watchdog = watchdog = Watchdog()  # kept: its pipe closing is what ends the server
+    server = SubprocessASGIServer()
+    if not server.running:
+        spawn = server._run_uvicorn_command  # Prefect has no hook; wrap its spawn, on this instance only
+
+        def spawn_guarded():
+            process = spawn()
+            watchdog.guard(process.pid)
+            return process
+
+        server._run_uvicorn_command = spawn_guarded
+        server.start()
+    if server.server_process is not None:  # also covers a server started before, or a renamed spawn
+        watchdog.guard(server.server_process.pid)
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
@@ -110,7 +151,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     from mixtune.flows.prepare import prepare
 
-    _start_flows(args, evaluating=False)
+    _start_flows(args, cfg, evaluating=False)
     prepared = prepare(cfg)
     _print_prepared(prepared)
     return 0
@@ -137,7 +178,7 @@ def _cmd_mix_plan(args: argparse.Namespace) -> int:
     from mixtune.mix.plan import plan_mix
     from mixtune.mix.sources import mix_sources, run_size
 
-    _start_flows(args, evaluating=False)
+    _start_flows(args, cfg, evaluating=False)
     prepared = prepare(cfg)
     sources = mix_sources(ArtifactStore(cfg.storage), prepared.split, prepared.categories)
     plan = plan_mix(cfg.mix, sources, **run_size(cfg.train))
@@ -158,7 +199,7 @@ def _run_pipeline(args: argparse.Namespace, cfg) -> int:
     from mixtune.preflight import check_config
 
     check_config(cfg)
-    _start_flows(args, evaluating=True)
+    _start_flows(args, cfg, evaluating=True)
     result = pipeline(cfg, train_deployment=args.train_deployment)
     _print_where(cfg, result.report, result.mlflow_run_id, args.log_file)
     return 0
@@ -270,7 +311,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     check_sweep_mixes(cfg, params, args.mixes or "sweep parameters")
     check_config(cfg)
-    _start_flows(args, evaluating=True)
+    _start_flows(args, cfg, evaluating=True)
     result = sweep(cfg, **params, train_deployment=args.train_deployment)
     _print_where(cfg, result.report, result.mlflow_run_id, args.log_file)
     return 0
@@ -348,7 +389,7 @@ def _run_demo_sweep(args: argparse.Namespace, cfg) -> int:
     from mixtune.preflight import check_config
 
     check_config(cfg)
-    _start_flows(args, evaluating=True)
+    _start_flows(args, cfg, evaluating=True)
     since, started = datetime.now(timezone.utc), time.perf_counter()
     result = sweep(cfg, domain_percents=DEMO_DOMAIN_PERCENTS)
     total_s = time.perf_counter() - started
@@ -439,15 +480,27 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; exit code 0 done, 2 a user-facing error (printed once, last).
 
-    Any other exception propagates with its traceback: it is a bug to report.
+    A storage fault (S3 unreachable, disk full or read-only under the root) is
+    a user-facing error too (``mixtune.storage.faults``). Any other exception
+    propagates with its traceback: it is a bug to report.
     """
     args = build_parser().parse_args(argv)
-    args.log_file = None  # set by commands that run flows
+    args.log_file = args.storage = None  # set by commands that run flows
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except MixtuneError as exc:
         console.report_error(exc, args.log_file, verbose=args.verbose)
+        return 2
+    except Exception as exc:
+        # A storage fault outside a stage (Prefect persisting a result, a flow reading a table), or an
+        # error raised while handling a user-facing one (ending an MLflow run on the same full disk).
+        from mixtune.storage.faults import storage_fault
+
+        error = (storage_fault(exc, args.storage) if args.storage is not None else None) or console.user_facing_error(exc)
+        if error is None:
+            raise
+        console.report_error(error, args.log_file, verbose=args.verbose)
         return 2
 
 

@@ -8,14 +8,16 @@ what it leaves out, tracebacks included:
 - A user-facing error (``MixtuneError``, a config error included) is printed
   once, by the CLI, as the last line. Prefect logs the same exception from the
   failing task run and again from every flow run above it, with a traceback
-  each time; those records go to the log file only. Any other exception keeps
+  each time; those records go to the log file only, and so do records of an
+  exception raised while handling one (an MLflow store failing on the same
+  full disk as it ends the run). Any other exception keeps
   its tracebacks on the console.
 - Library chatter that tells a user nothing goes to the log file at DEBUG:
   lm-eval's per-task "Custom kwargs can be passed to --metadata" note and its
   "generation_kwargs ... specified through cli" advice,
   FutureWarning and DeprecationWarning from libraries (peft, transformers), and
-  the "Stopping temporary server" line Prefect writes at exit, after the CLI's
-  last line.
+  the "Stopping temporary server" and "Still processing items" lines Prefect
+  writes at exit, after the CLI's last line.
 
 Standard ``logging`` filters do the routing, so Prefect's own handlers (its
 console and the API handler that feeds the UI) stay as Prefect configures
@@ -35,7 +37,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from mixtune.errors import MixtuneError
+from mixtune.errors import MixtuneError, causes
 
 LOG_DIR_ENV = "MIXTUNE_LOG_DIR"
 LIBRARY_LOGGER = "mixtune.libraries"  # file-only records about libraries
@@ -49,6 +51,8 @@ _DEMOTED: list[tuple[str, Callable[[str], bool]]] = [
     ("lm_eval.evaluator", lambda msg: "specified through cli, these settings will update" in msg),
     # Written by an atexit hook after the CLI's last line (the report or the error).
     ("prefect", lambda msg: msg.startswith("Stopping temporary server")),
+    # Also at exit, after a run that failed fast: Prefect's event queue draining.
+    ("EventsWorker", lambda msg: msg.startswith("Still processing items")),
 ]
 _LIBRARY_WARNINGS = (FutureWarning, DeprecationWarning, PendingDeprecationWarning)
 # What the last `setup` added, so a second call (several commands in one process, as in tests)
@@ -86,15 +90,23 @@ class _ConsoleFilter(logging.Filter):
         if self.show_errors:
             return True
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, MixtuneError):
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            if first_line:
-                self.errors.append(_squash(first_line))
+        if exc is not None and user_facing_error(exc) is not None:
+            # The error itself, or one raised while handling it (a cleanup that failed on the same
+            # full disk): either way the CLI prints the user-facing one, once.
+            for error in {exc, user_facing_error(exc)}:
+                first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                if first_line:
+                    self.errors.append(_squash(first_line))
             return False
         if self.errors:
             message = _squash(record.getMessage())
             return not any(error in message for error in self.errors)
         return True
+
+
+def user_facing_error(exc: BaseException) -> MixtuneError | None:
+    """``exc`` if it is a MixtuneError, else the first one it was raised from or while handling."""
+    return next((e for e in causes(exc) if isinstance(e, MixtuneError)), None)
 
 
 class _Demote(logging.Filter):

@@ -4,13 +4,14 @@ Whole-file faults (not UTF-8, empty, missing columns, malformed lines) raise
 ``DataError``; faults in single rows never raise, they go to a rejects table
 with a snake_case reason so nothing is lost. ``ConfigError`` gathers every bad
 key at once, so a user fixes a config in one pass rather than one key per run;
+``StorageError`` says which storage root failed and which config field names it;
 ``read_yaml`` is the one way a config, catalog or sweep file is read into data.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 class MixtuneError(Exception):
@@ -68,6 +69,24 @@ class RejectShareExceeded(MixtuneError):
         )
 
 
+class StorageError(MixtuneError):
+    """The storage root cannot be reached or written: an S3 outage, a full or read-only disk.
+
+    Names the root and the config fields to check, e.g. "storage s3://b/runs
+    (storage.root) at http://minio:9000 (storage.endpoint_url): cannot be
+    reached (...)", so one line says where and what, however many stages hit it.
+    """
+
+    def __init__(self, root: str, reason: str, *, endpoint_url: str | None = None, path: str | None = None,
+                 advice: str = "") -> None:
+        self.root, self.reason, self.endpoint_url, self.path = root, reason, endpoint_url, path
+        where = f"storage {root} (storage.root)"
+        if endpoint_url:
+            where += f" at {endpoint_url} (storage.endpoint_url)"
+        what = f"{reason}, at {path}" if path and path != root else reason
+        super().__init__(f"{where}: {what}" + (f". {advice}" if advice else ""))
+
+
 class ConfigError(MixtuneError):
     """A config that does not parse; lists every bad key path at once."""
 
@@ -75,6 +94,19 @@ class ConfigError(MixtuneError):
         self.problems = problems
         head = f"invalid config {source}" if source else "invalid config"
         super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then every exception it was raised from or while handling, each once."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
 
 
 def read_yaml(path: str | Path, what: str = "") -> Any:

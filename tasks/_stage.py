@@ -12,22 +12,31 @@ storage section, one more place-to-look on top.
 Prefect's ``DEFAULT`` policy is not used: its RUN_ID would stop a sweep from
 reusing prepared data, and TASK_SOURCE misses edits in ``mixtune/``.
 
+While a stage computes, it holds its artifact's lock (``mixtune.storage.locks``):
+a second run of the same config on the same root waits, then finds the
+first run's committed artifact and uses it instead of computing it again.
+
 Prefect keeps its result records (the small ``ArtifactRef`` each task returns)
 in ``<storage root>/_prefect``, so a second run on another worker that shares
-the root hits the same cache.
+the root hits the same cache. A record whose artifact's manifest has since been
+deleted or damaged is dropped, and the stage runs again.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from prefect import Task, task
+from prefect import Task, get_run_logger, task
 from prefect.context import TaskRunContext
 
-from mixtune.storage.artifacts import ArtifactStore, code_version, fingerprint, storage_options
+from mixtune.storage.artifacts import ArtifactRef, ArtifactStore, code_version, fingerprint, storage_options
+from mixtune.storage.faults import storage_faults
+from mixtune.storage.locks import artifact_lock
 from mixtune.models import model_identity
 from mixtune.sections import ModelConfig, StorageConfig
 
@@ -95,9 +104,9 @@ def stage_task(
         _KEY_EXTRAS[name] = _with_model_identity(key_extra)
         _NOT_IN_KEY[name] = not_in_key
         return task(
-            fn,
+            _locked(name, fn),
             name=name,
-            cache_key_fn=lambda _ctx, parameters: _key(name, parameters),
+            cache_key_fn=lambda ctx, parameters: _forget_if_artifact_gone(ctx, parameters, _key(name, parameters)),
             persist_result=True,
             # Stages log through the run logger. Captured prints also break `datasets`, whose
             # dill hashing reads dis.dis output from stdout (a flow's log_prints would steal it).
@@ -108,6 +117,72 @@ def stage_task(
         )
 
     return wrap
+
+
+def _refs(value: Any) -> list[ArtifactRef]:
+    """Every ArtifactRef in a task result (a ref, or lists and dicts of them)."""
+    if isinstance(value, ArtifactRef):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [ref for item in value for ref in _refs(item)]
+    return []
+
+
+def _forget_if_artifact_gone(ctx: TaskRunContext, parameters: dict[str, Any], key: str) -> str:
+    """Prefect's cache key, after dropping a cached result that points at an artifact no longer whole.
+
+    Prefect's record of a finished stage holds only the ``ArtifactRef``; the
+    artifact is the folder it names. When that folder's manifest was deleted or
+    damaged since (a cleanup, a torn copy), a cache hit would hand the next
+    stage a ref to nothing. The record (``<root>/_prefect/<key>``, see
+    ``result_storage_for``) is deleted instead, so the stage runs, finds no
+    artifact (``ArtifactStore.find``) and computes it again.
+    """
+    storages = [v for v in parameters.values() if isinstance(v, StorageConfig)]
+    result_store = getattr(ctx, "result_store", None)
+    if not storages or result_store is None:
+        return key
+    try:
+        if not result_store.exists(key):
+            return key
+        refs = _refs(result_store.read(key).result)
+        store = ArtifactStore(storages[0])
+        gone = [r for r in refs if store.find(r.stage, r.name, r.fingerprint) is None]
+        record = store.uri("_prefect", key)
+        if gone and store.exists(record):
+            logging.getLogger(__name__).warning(
+                "%s: the cached result points at %s, whose manifest is missing or damaged; computing it again",
+                ctx.task.name, ", ".join(r.uri for r in gone))
+            store.remove(record)
+    except Exception:  # an unreadable record or an unreachable store: Prefect's lookup and the stage decide
+        pass
+    return key
+
+
+def _locked(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The stage function, run while holding its artifact's lock (keyed by the content key).
+
+    The stage's own ``store.find`` runs inside the lock, so a run that waited
+    finds what the holder committed. A stage without a storage parameter has
+    no artifact to lock. A storage fault (S3 unreachable, disk full or
+    read-only under the root) leaves it as one ``StorageError`` naming the root
+    (``mixtune.storage.faults``).
+    """
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        ctx = TaskRunContext.get()
+        storages = [v for v in ctx.parameters.values() if isinstance(v, StorageConfig)] if ctx else []
+        if not storages:
+            return fn(*args, **kwargs)
+        key = content_key(name, ctx.parameters).removeprefix(f"{name}-")
+        with storage_faults(storages[0]), artifact_lock(ArtifactStore(storages[0]), name, key,
+                                                        label=ctx.task_run.name, on_wait=get_run_logger().info):
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def _with_model_identity(key_extra: Callable[[dict[str, Any]], Any] | None) -> Callable[[dict[str, Any]], Any]:

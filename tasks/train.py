@@ -16,6 +16,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 import mixtune.train.job as job_core
 import mixtune.train.loop as core
+from mixtune.children import die_with_parent
 from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
 from mixtune.train.launch import build_launch
 from mixtune.sections import ModelConfig, StorageConfig
@@ -105,7 +106,8 @@ def _run(job: job_core.TrainJob, work: Path, store: ArtifactStore, checkpoints_u
         return job_core.result_summary(result)
     (work / "job.json").write_text(job.model_dump_json())
     get_run_logger().info("launching %d processes: %s", plan.world_size, " ".join(plan.argv))
-    subprocess.run(plan.argv, check=True, stdout=sys.stdout, stderr=sys.stderr)
+    # This thread waits for the launcher, so PDEATHSIG (sent when this thread ends) fires only if we die.
+    subprocess.run(plan.argv, check=True, stdout=sys.stdout, stderr=sys.stderr, preexec_fn=die_with_parent())
     return json.loads(Path(job.output_dir, "train_result.json").read_text())
 
 

@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field
 
 from mixtune.sections import StorageConfig
 from mixtune.storage.code_identity import code_identity
+from mixtune.storage.faults import storage_faults
 
 MANIFEST = "manifest.json"
 
@@ -100,7 +101,8 @@ class ArtifactStore:
         self.fs, root = url_to_fs(cfg.root, **storage_options(cfg))
         self.root = root.rstrip("/")
         if self.is_local:
-            self.fs.makedirs(self.root, exist_ok=True)
+            with storage_faults(cfg):  # the first touch of the root, often in a flow, outside any stage
+                self.fs.makedirs(self.root, exist_ok=True)
 
     def uri(self, *parts: str) -> str:
         """Full URI (``s3://...`` or an absolute path) for a path under the root."""
@@ -143,9 +145,11 @@ class ArtifactStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as error:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            if isinstance(error, OSError) and error.filename is None:  # a failed write() names no file
+                raise OSError(error.errno, error.strerror, path) from error
             raise
 
     def read_bytes(self, uri: str) -> bytes:
