@@ -9,11 +9,14 @@ demo's evaluation settings: ARC-Easy 40 and PIQA 60 through lm-eval, 20
 MedQuAD questions (the last 20 rows of ``data/medquad``; user question,
 reference answer) with at most 48 new tokens.
 
-    before  what the code did until this benchmark was written: float32 weights
-            (``eval.dtype: auto`` kept the converted checkpoint's float32) and 8
-            prompts per ``generate()`` (the demo's old ``domain.batch_size``)
-    after   today's defaults: ``eval.dtype: auto`` resolved (bfloat16 on a CPU with
-            AVX512-BF16 or AMX, else float32) and ``domain.batch_size`` 32
+    before  what the code did until this benchmark was written (rebuilt here as the
+            peer): float32 weights (``eval.dtype: auto`` kept the converted
+            checkpoint's float32), the adapter applied unmerged (lm-eval's
+            ``peft=`` and ``PeftModel``) and 8 prompts per ``generate()`` (the
+            demo's old ``domain.batch_size``)
+    after   today's code and defaults: ``eval.dtype: auto`` resolved (bfloat16 on a
+            CPU with AVX512-BF16 or AMX, else float32), the adapter merged at load,
+            ``domain.batch_size`` 32
 
 Per arm and model it reports seconds for the general axis (with the time
 inside the model's forward passes, the rest being lm-eval's request building,
@@ -81,19 +84,46 @@ class ForwardClock:
         HFLM._model_call = timed
 
 
-def time_model(eval_cfg, pretrained: str, adapter: str | None, prompts, clock: ForwardClock) -> dict[str, float]:
+# --- the before arm: the loaders as they were (float32 by default, the adapter unmerged) ---
+
+
+def before_build_lm(pretrained, cfg, *, adapter_dir=None, revision=None, trust_remote_code=False):
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=pretrained, revision=revision or "main", peft=adapter_dir, batch_size=cfg.batch_size,
+                max_length=cfg.max_length, device="cpu", dtype=cfg.dtype, trust_remote_code=trust_remote_code)
+
+
+def before_load(pretrained, *, adapter_dir=None, dtype="float32", device=None):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(pretrained, dtype=getattr(torch, dtype))
+    if adapter_dir:
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    return model.eval(), AutoTokenizer.from_pretrained(pretrained)
+
+
+def time_model(arm: str, eval_cfg, pretrained: str, adapter: str | None, prompts, clock: ForwardClock
+               ) -> dict[str, float]:
     import mixtune.eval.domain as domain
     import mixtune.eval.general as general
 
     parts: dict[str, float] = {}
-    clock.seconds, start = 0.0, time.perf_counter()
-    general.run_general(pretrained, eval_cfg, adapter_dir=adapter, log_samples=True)
-    parts["general_s"] = time.perf_counter() - start
-    parts["general_forward_s"] = clock.seconds
+    today_build_lm = general.build_lm
+    general.build_lm = before_build_lm if arm == "before" else today_build_lm
+    try:
+        clock.seconds, start = 0.0, time.perf_counter()
+        general.run_general(pretrained, eval_cfg, adapter_dir=adapter, log_samples=True)
+        parts["general_s"] = time.perf_counter() - start
+        parts["general_forward_s"] = clock.seconds
+    finally:
+        general.build_lm = today_build_lm
 
     start = time.perf_counter()
-    model, tokenizer = domain.load_eval_model(pretrained, adapter_dir=adapter, dtype=eval_cfg.dtype,
-                                              device=eval_cfg.device)
+    load = before_load if arm == "before" else domain.load_eval_model
+    model, tokenizer = load(pretrained, adapter_dir=adapter, dtype=eval_cfg.dtype, device=eval_cfg.device)
     parts["domain_load_s"] = time.perf_counter() - start
     batch = eval_cfg.domain.batch_size
     start = time.perf_counter()
@@ -135,7 +165,7 @@ def main() -> None:
     best: dict[str, dict[str, dict[str, float]]] = {}
     for round_ in range(args.rounds):
         for arm, cfg in arms.items():
-            timed = {name: time_model(cfg, str(base), ad, prompts, clock)
+            timed = {name: time_model(arm, cfg, str(base), ad, prompts, clock)
                      for name, ad in (("base", None), ("tuned", adapter))}
             total = sum(t["total_s"] for t in timed.values())
             print(f"round {round_ + 1} {arm}: {total:.1f} s " + json.dumps(timed), flush=True)

@@ -11,8 +11,12 @@ own dtype on other GPUs. Both axes, the base and every tuned model
 of a run resolve the same way, so their comparison stays like for like; the
 resolved dtype is in every evaluation's cache key and manifest. Measured on
 SmolLM2-135M (2 CPU cores with AVX512-BF16): the demo's general axis ran
-2.6x faster in bf16 than in fp32; 1 of 40 ARC-Easy and 1 of 60 PIQA items
-changed their answer.
+1.7-1.9x faster in bf16 than in fp32 and its greedy decoding about 4x (with
+32 prompts a batch instead of 8); 1 of 40 ARC-Easy and 1 of 60 PIQA items
+changed their answer. In bf16 a score can also move with the batch shape
+(padding changes the matmuls): ARC-Easy acc at n=40 read 0.500 with
+lm-eval batches of 16 and 0.475 with 64, so keep ``batch_size`` fixed
+across runs you compare (it is in the cache key).
 """
 
 from __future__ import annotations
@@ -92,7 +96,8 @@ def load_eval_model(pretrained: str, *, adapter_dir: str | None = None, revision
     bf16 rounding twice. The merged model computes the same function as
     base + adapter unmerged (a test compares the logits) and runs as fast
     as the base: unmerged, the demo's adapter (r=16 on 7 projections x 30
-    layers) made each forward 1.7-3x slower on CPU (``benchmarks/eval_bench.py``).
+    layers) made greedy decoding 1.2-1.3x slower and lm-eval's forward
+    passes 1.05x slower on 2 CPU cores (``benchmarks/eval_bench.py``).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
