@@ -34,7 +34,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from mixtune import console
-from mixtune.errors import ConfigError, MixtuneError, read_yaml
+from mixtune.errors import ConfigError, MixtuneError, read_yaml, validation_problem
 from mixtune.resources import DEMO_CONFIG
 from mixtune.sections import StrictModel
 
@@ -242,12 +242,7 @@ def read_sweep_file(path: str | Path) -> dict[str, Any]:
     try:
         return SweepParameters.model_validate(data).model_dump()
     except ValidationError as exc:
-        raise ConfigError([_problem(e) for e in exc.errors()], str(path)) from None
-
-
-def _problem(err: dict[str, Any]) -> str:
-    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".") or "<root>"
-    return f"{path}: unknown key" if err["type"] == "extra_forbidden" else f"{path}: {err['msg']}"
+        raise ConfigError([validation_problem(e) for e in exc.errors()], str(path)) from None
 
 
 def _domain_percents(text: str) -> list[float]:
@@ -270,7 +265,7 @@ def _sweep_parameters(args: argparse.Namespace) -> dict[str, Any]:
     try:
         return SweepParameters.model_validate(params).model_dump()
     except ValidationError as exc:
-        raise ConfigError([_problem(e) for e in exc.errors()], "sweep parameters") from None
+        raise ConfigError([validation_problem(e) for e in exc.errors()], "sweep parameters") from None
 
 
 def check_sweep_mixes(cfg, params: dict[str, Any], source: str) -> None:
@@ -291,7 +286,7 @@ def check_sweep_mixes(cfg, params: dict[str, Any], source: str) -> None:
         try:
             specs = sweep_mixes(cfg.mix, **entry)
         except ValidationError as exc:
-            problems += [f"{where}: {_problem(e)}" for e in exc.errors()]
+            problems += [f"{where}: {validation_problem(e)}" for e in exc.errors()]
             continue
         found = [p for spec in specs for p in check_mix_against_catalog(spec, cfg.categories, domain_sources)]
         problems += [f"{where}: {p.removeprefix('mix.')}" for p in dict.fromkeys(found)]

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from mixtune.errors import ConfigError, read_yaml
+from mixtune.errors import ConfigError, read_yaml, validation_problem
 from mixtune.eval.config import EvalConfig
 from mixtune.train.config import TrainConfig
 from mixtune.mix.spec import CategoryCatalog, MixSpec, resolve_catalog
@@ -80,28 +80,6 @@ class MixtuneConfig(StrictModel):
 # --- loading ---
 
 
-_CROSS_SECTION_PATHS = {"length_limits_disagree": "train.max_length, validate.max_length"}
-
-
-def _format_problem(err: dict[str, Any]) -> str:
-    path = ""
-    for part in err["loc"]:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif not str(part).startswith("function-"):
-            # Discriminated unions put the tag in the path ("columns.label.text"); it helps.
-            path += f".{part}" if path else str(part)
-    if err["type"] == "extra_forbidden":
-        return f"{path}: unknown key"
-    got = err.get("input")
-    # A refused URI may hold a password: its message shows it redacted, never as given.
-    hidden = isinstance(got, (dict, list)) or got is None or err["type"] == CREDENTIALS_IN_URI
-    shown = "" if hidden else f" (got {got!r})"
-    if not path and err["type"] in _CROSS_SECTION_PATHS:  # a check across sections names its fields
-        path = _CROSS_SECTION_PATHS[err["type"]]
-    return f"{path or '<root>'}: {err['msg']}{shown}"
-
-
 def parse_config(data: Any, source: str | None = None) -> MixtuneConfig:
     """Validate plain data; raise ConfigError listing every bad key path."""
     if not isinstance(data, dict):
@@ -109,7 +87,7 @@ def parse_config(data: Any, source: str | None = None) -> MixtuneConfig:
     try:
         return MixtuneConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_format_problem(e) for e in exc.errors()], source) from None
+        raise ConfigError([validation_problem(e) for e in exc.errors()], source) from None
 
 
 def _is_local(uri: str) -> bool:

@@ -96,6 +96,43 @@ class ConfigError(MixtuneError):
         super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+# The pydantic error type of a URI refused for holding a credential: its input is never echoed.
+CREDENTIALS_IN_URI = "credentials_in_uri"
+# Checks across sections have no path of their own: name the fields they compare.
+_CROSS_SECTION_PATHS = {"length_limits_disagree": "train.max_length, validate.max_length"}
+# What pydantic puts before a validator's own message ("Value error, domain_percent is ...").
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def validation_problem(err: dict[str, Any], *, show_input: bool = True) -> str:
+    """One line for one pydantic error: ``key.path[0]: message (got value)``; the one formatter for
+    config, catalog, sweep and mix files.
+
+    An unknown key reads ``path: unknown key``; a mapping, list, None or a URI
+    refused for its credentials is never echoed; pydantic's "Value error, "
+    prefix is dropped (the message is ours).
+    """
+    path = ""
+    for part in err["loc"]:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not str(part).startswith("function-"):
+            # Discriminated unions put the tag in the path ("columns.label.text"); it helps.
+            path += f".{part}" if path else str(part)
+    if err["type"] == "extra_forbidden":
+        return f"{path}: unknown key"
+    message = str(err["msg"])
+    for prefix in _PYDANTIC_PREFIXES:
+        message = message.removeprefix(prefix)
+    got = err.get("input")
+    hidden = (not show_input or isinstance(got, (dict, list)) or got is None or err["type"] == CREDENTIALS_IN_URI
+              or "got " in message)  # our own messages already say what they got
+    shown = "" if hidden else f" (got {got!r})"
+    if not path and err["type"] in _CROSS_SECTION_PATHS:
+        path = _CROSS_SECTION_PATHS[err["type"]]
+    return f"{path or '<root>'}: {message}{shown}"
+
+
 def causes(exc: BaseException) -> Iterator[BaseException]:
     """``exc``, then every exception it was raised from or while handling, each once."""
     seen: set[int] = set()

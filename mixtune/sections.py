@@ -17,6 +17,8 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from mixtune.errors import CREDENTIALS_IN_URI  # the pydantic error type of a refused URI; never echoed
+
 TINY_MODEL = "mixtune:tiny"  # model.name_or_path that builds a random tiny model for unit tests
 DEFAULT_MODEL = "smollm2-135m-instruct"  # built-in: a GGUF file installed from PyPI (mixtune.models.gguf)
 
@@ -54,7 +56,6 @@ def seed_field(what: str):
 # flow parameters, MLflow params. So a URI with a password or a signed query is refused at
 # load, and the error says where the credential goes instead.
 
-CREDENTIALS_IN_URI = "credentials_in_uri"  # the pydantic error type; mixtune.config never echoes its input
 # Query parameter names that carry a credential: AWS/GCS presigned URLs, Azure SAS, OAuth, API keys.
 _SECRET_PARAMS = {"sig", "signature", "token", "access_token", "id_token", "refresh_token", "auth",
                   "authorization", "key", "apikey", "api_key", "api-key", "password", "passwd", "pwd",

@@ -90,3 +90,19 @@ def real_tokenizer(real_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(real_model_dir)
+
+
+def tiny_prepare_config(tmp_path: Path, name: str, storage: dict) -> Path:
+    """A config file for a quick CLI run in a subprocess: 40 MedQuAD rows, the tiny model, ``storage``."""
+    import yaml
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": name,
+        "data": {"sources": [{"name": "med", "uri": str(DEMO_CORPUS), "max_rows": 40, "columns": {
+            "kind": "prompt_response", "prompt": "question", "response": "answer"}}]},
+        "model": {"name_or_path": "mixtune:tiny", "tiny": {"vocab_size": 400, "corpus_files": [str(DEMO_CORPUS)]}},
+        "storage": storage,
+    }))
+    return config
+

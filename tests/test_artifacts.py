@@ -61,6 +61,18 @@ def test_storage_options_carry_endpoint_but_never_keys(monkeypatch):
     assert storage_options(StorageConfig(root="/tmp/x")) == {}
 
 
+def test_written_files_get_the_mode_open_would_give_not_a_private_temp_files(tmp_path):
+    """Reports and manifests are for sharing: 0666 less the umask, as any file the user writes."""
+    import os
+
+    store = ArtifactStore(StorageConfig(root=str(tmp_path / "root")))
+    store.write_bytes(store.uri("compare", "report.md"), b"# report\n")
+    plain = tmp_path / "plain.txt"
+    plain.write_bytes(b"x")
+    written = tmp_path / "root" / "compare" / "report.md"
+    assert os.stat(written).st_mode & 0o777 == os.stat(plain).st_mode & 0o777
+
+
 def test_torn_manifest_counts_as_absent_with_a_warning_naming_it_and_is_recomputed(tmp_path, caplog):
     store = ArtifactStore(StorageConfig(root=str(tmp_path / "root")))
     frame = pl.DataFrame({"_row_id": [0, 1]})

@@ -76,6 +76,23 @@ def test_each_problem_is_reported_with_its_row_field_and_reason(dirty_file, caps
                        "(empty_content 1, reserved_string 2, too_long 1)")
 
 
+def test_a_chat_file_checked_with_the_default_columns_is_told_about_messages(tmp_path, capsys, tiny_model_dir):
+    data = _write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                               {"role": "assistant", "content": "hello"}]}])
+    code, _, err = _run(capsys, str(data), "--model", str(tiny_model_dir))
+    assert code == 2
+    assert "missing column 'question'" in err and "--columns messages" in err
+    code, lines, _ = _run(capsys, str(data), "--model", str(tiny_model_dir), "--columns", "messages")
+    assert code == 0, lines
+
+
+def test_one_problem_reads_in_the_singular(tmp_path, capsys, tiny_model_dir):
+    data = _write_jsonl(tmp_path / "one.jsonl", [CLEAN_ROWS[0], {"question": "Empty?", "answer": "   "}])
+    code, lines, _ = _run(capsys, str(data), "--model", str(tiny_model_dir), "--max-length", str(MAX_TOKENS))
+    assert code == 1
+    assert lines[-1] == f"{data}: 2 rows checked, 1 problem in 1 row (empty_content 1)"
+
+
 def test_json_output_parses_and_matches_the_text_report(dirty_file, capsys, tiny_model_dir):
     args = [str(dirty_file), "--model", str(tiny_model_dir), "--max-length", str(MAX_TOKENS)]
     text_code, text_lines, _ = _run(capsys, *args)
@@ -142,7 +159,7 @@ def test_each_column_form_names_the_field_holding_a_reserved_string(tmp_path, ca
     code, lines, _ = _run(capsys, *argv)
     assert code == 1
     assert lines[0].startswith(f"{data} row 0, field {field}: reserved_string: ")
-    assert lines[-1] == f"{data}: 1 rows checked, 1 problems in 1 rows (reserved_string 1)"
+    assert lines[-1] == f"{data}: 1 row checked, 1 problem in 1 row (reserved_string 1)"
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import psutil
-import yaml
+
+from conftest import tiny_prepare_config
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "data" / "medquad" / "medquad.jsonl"
 
 
 def _gone_within(processes: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
@@ -43,14 +43,7 @@ def test_children_die_with_parent_ends_a_child_when_its_parent_is_killed():
 
 def test_children_watchdog_ends_prefect_api_server_of_a_killed_mixtune_run(tmp_path):
     """`mixtune prepare` brings up Prefect's temporary API server; SIGKILL it: nothing of it stays."""
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "name": "orphans",
-        "data": {"sources": [{"name": "med", "uri": str(DATA), "max_rows": 40, "columns": {
-            "kind": "prompt_response", "prompt": "question", "response": "answer"}}]},
-        "model": {"name_or_path": "mixtune:tiny", "tiny": {"vocab_size": 400, "corpus_files": [str(DATA)]}},
-        "storage": {"root": str(tmp_path / "store")},
-    }))
+    config = tiny_prepare_config(tmp_path, "orphans", {"root": str(tmp_path / "store")})
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120")
     log = tmp_path / "mixtune.log"

@@ -64,6 +64,8 @@ def test_impossible_numbers_are_refused_naming_the_field(tmp_path, capsys, secti
     code, err = _check(tmp_path, capsys, **sections)
     assert code == 2
     assert named in err
+    # Read as mixtune's own sentence: no pydantic prefix, the refused value said once.
+    assert "Value error" not in err and all(line.count("got") <= 1 for line in err.splitlines())
 
 
 def test_a_category_share_below_one_sample_is_refused_with_the_fix(tmp_path, capsys):

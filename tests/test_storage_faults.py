@@ -12,22 +12,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import tiny_prepare_config
 from s3_server import S3_TEST_ENV, create_bucket, running_moto_process
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "data" / "medquad" / "medquad.jsonl"
 
 
 def _config(tmp_path: Path, storage: dict) -> Path:
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "name": "faults",
-        "data": {"sources": [{"name": "med", "uri": str(DATA), "max_rows": 40, "columns": {
-            "kind": "prompt_response", "prompt": "question", "response": "answer"}}]},
-        "model": {"name_or_path": "mixtune:tiny", "tiny": {"vocab_size": 400, "corpus_files": [str(DATA)]}},
-        "storage": storage,
-    }))
-    return config
+    return tiny_prepare_config(tmp_path, "faults", storage)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:

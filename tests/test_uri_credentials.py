@@ -142,7 +142,7 @@ def test_catalog_file_source_with_credentials_is_refused(tmp_path):
         {"name": "m", "uri": f"https://{USER}:{SECRET}@h/m.jsonl"}]}}))
     with pytest.raises(ConfigError) as err:
         load_catalog(catalog)
-    assert "categories.math.0.uri" in str(err.value) and SECRET not in str(err.value)
+    assert "categories.math[0].uri" in str(err.value) and SECRET not in str(err.value)
 
 
 def test_source_uri_with_password_is_refused_at_load_and_netrc_reads_it(private_http, tmp_path, monkeypatch):

@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
-from mixtune.errors import ConfigError, read_yaml
+from mixtune.errors import ConfigError, read_yaml, validation_problem
 from mixtune.sections import SourceConfig, StrictModel, seed_field
 
 DOMAIN = "domain"  # the category name the manifest gives domain sources; reserved
@@ -302,7 +302,7 @@ def load_catalog(path: str | Path) -> dict[str, list[SourceConfig]]:
     try:
         catalog = CatalogFile.model_validate(data).categories
     except ValidationError as exc:
-        raise ConfigError([_problem(e) for e in exc.errors()], str(path)) from None
+        raise ConfigError([validation_problem(e) for e in exc.errors()], str(path)) from None
     base = path.parent.resolve()
     for sources in catalog.values():
         for src in sources:
@@ -352,11 +352,6 @@ def check_mix_against_catalog(
             problems.append(f"data.sources: name {name!r} is also a source of category "
                             f"{catalog_sources[name]!r}; rename one")
     return problems
-
-
-def _problem(err: dict[str, Any]) -> str:
-    path = ".".join(str(p) for p in err["loc"])
-    return f"{path}: unknown key" if err["type"] == "extra_forbidden" else f"{path}: {err['msg']}"
 
 
 def resolve_catalog(cfg: Any, base: Path) -> None:

@@ -312,16 +312,20 @@ def check_data_cli(args: argparse.Namespace) -> int:
     return 1 if report.problems.height else 0
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _summary(report: CheckReport, file: str, as_json: bool) -> str:
     if as_json:
         return json.dumps({"type": "summary", "file": file, "rows_checked": report.rows_checked,
                            "rows_with_problems": report.rows_with_problems,
                            "problems": report.problems.height, "reasons": report.reasons},
                           ensure_ascii=False)
-    line = f"{file}: {report.rows_checked} rows checked, {report.problems.height} problems"
+    line = f"{file}: {_count(report.rows_checked, 'row')} checked, {_count(report.problems.height, 'problem')}"
     if report.problems.height:
         per_reason = ", ".join(f"{reason} {n}" for reason, n in report.reasons.items())
-        line += f" in {report.rows_with_problems} rows ({per_reason})"
+        line += f" in {_count(report.rows_with_problems, 'row')} ({per_reason})"
     return line
 
 

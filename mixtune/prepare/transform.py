@@ -171,6 +171,8 @@ def _check_columns_present(frame: pl.DataFrame, source: SourceConfig, required: 
                     "(string) in the file", field=column)
             continue
         hint = " (set columns.input: null if the data has no input column)" if key_path == "columns.input" else ""
+        if "messages" in present and key_path != "columns.messages":
+            hint += "; the file holds chat messages: map them with columns: {kind: messages} (check-data: --columns messages)"
         raise DataError(
             _files_of(frame, source),
             f"missing column {column!r} ({key_path} of source {source.name!r}); "

@@ -93,6 +93,17 @@ def storage_options(cfg: StorageConfig, uri: str | None = None) -> dict[str, Any
     return opts
 
 
+def _file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0666 less the umask (read by setting and restoring it,
+    the only portable way; done once at import, before any thread of ours writes files)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
+
+
 class ArtifactStore:
     """Reads and writes artifacts under one storage root through fsspec."""
 
@@ -143,6 +154,8 @@ class ArtifactStore:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
+                # mkstemp makes the file private (0600); give it the mode open() would (0666 less umask).
+                os.fchmod(f.fileno(), _FILE_MODE)
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException as error:
