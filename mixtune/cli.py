@@ -336,8 +336,9 @@ def _print_where(cfg, report, mlflow_run_id: str, log_file: Path | None = None) 
 
 
 def _mlflow_where(uri: str, run_id: str) -> str:
-    """The parent run's page on a tracking server; for a file store, the command and the page it serves."""
-    from mixtune.tracking import run_url
+    """The parent run's page and the saved runs-table view of its mixes on a tracking server; for a
+    file store, the ``mlflow ui`` command and that view's page on the server it starts."""
+    from mixtune.tracking import comparison_view_url, run_url
 
     try:
         from mlflow import MlflowClient
@@ -346,9 +347,9 @@ def _mlflow_where(uri: str, run_id: str) -> str:
     except Exception:  # an unreachable server must not hide the report's path below
         return f"{uri}  (parent run {run_id})"
     if url := run_url(uri, experiment_id, run_id):
-        return url
-    page = run_url("http://127.0.0.1:5000", experiment_id, run_id)
-    return f"mlflow ui --backend-store-uri {uri}  then open {page}"
+        return f"{url}\n  the mixes side by side: {comparison_view_url(uri, experiment_id, run_id)}"
+    page = comparison_view_url("http://127.0.0.1:5000", experiment_id, run_id)
+    return f"mlflow ui --backend-store-uri {uri}  then open {page}  (the mixes side by side)"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from mixtune.errors import MixtuneError
+from mixtune.errors import MixtuneError, causes
 from mixtune.sections import StorageConfig, TrackingConfig
 from mixtune.storage.artifacts import ArtifactRef, ArtifactStore
 from mixtune.tracking_runs import RUN_KEY_TAG, close_stale_runs, find_run, identity_tags
@@ -166,19 +166,43 @@ def mlflow_run(
     mlflow.set_tracking_uri(client_uri)
     if storage.endpoint_url and storage.root.startswith("s3://"):
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", storage.endpoint_url)
-    experiment_id = _experiment_id(mlflow, tracking, storage)
-    client = mlflow.MlflowClient(client_uri)
-    close_stale_runs(client, experiment_id)
-    if key is not None:
-        run_id = run_id or find_run(client, experiment_id, key)
-        tags = {**(tags or {}), RUN_KEY_TAG: key}
-    tags = {**(tags or {}), **identity_tags()}  # on a resumed run too: this process holds it now
-    # nested=True lets a child start while its parent is active in this thread;
-    # parent_run_id makes the link explicit when the parent lives elsewhere.
-    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
-                          run_name=None if run_id else run_name, tags=tags,
-                          parent_run_id=parent_run_id, nested=True) as run:
-        yield run
+    try:
+        experiment_id = _experiment_id(mlflow, tracking, storage)
+        client = mlflow.MlflowClient(client_uri)
+        close_stale_runs(client, experiment_id)
+        if key is not None:
+            run_id = run_id or find_run(client, experiment_id, key)
+            tags = {**(tags or {}), RUN_KEY_TAG: key}
+        tags = {**(tags or {}), **identity_tags()}  # on a resumed run too: this process holds it now
+        # nested=True lets a child start while its parent is active in this thread;
+        # parent_run_id makes the link explicit when the parent lives elsewhere.
+        with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
+                              run_name=None if run_id else run_name, tags=tags,
+                              parent_run_id=parent_run_id, nested=True) as run:
+            yield run
+    except Exception as exc:
+        if (fault := tracking_store_fault(exc, client_uri)) is not None:
+            raise fault from exc
+        raise
+
+
+def tracking_store_fault(exc: BaseException, uri: str) -> MixtuneError | None:
+    """A sqlite tracking database on a full disk as one user-facing error naming its file; else None.
+
+    sqlite says "database or disk is full" and names no file (MLflow and
+    SQLAlchemy wrap it twice). An error already meant for the user anywhere
+    in the chain (a stage's ``StorageError`` that the failing end-of-run
+    was handling) is left to the console, which shows that one.
+    """
+    chain = list(causes(exc))
+    if any(isinstance(cause, MixtuneError) for cause in chain) or not uri.startswith("sqlite:///"):
+        return None
+    if not any("database or disk is full" in str(cause) for cause in chain):
+        return None
+    database = uri.removeprefix("sqlite:///")
+    return MixtuneError(f"tracking.mlflow_tracking_uri: the MLflow database {database}: no space left on device "
+                        "(sqlite: database or disk is full); free space on that disk or point "
+                        "tracking.mlflow_tracking_uri at another one")
 
 
 # MLflow's rule for param and metric keys (mlflow.utils.validation): these characters only (no ':'
@@ -250,6 +274,37 @@ def log_realized_mix(mlflow, manifest: ArtifactRef, storage: StorageConfig) -> N
     run_id = mlflow.active_run().info.run_id
     if "mix/realized_mix.json" not in {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "mix")}:
         mlflow.log_table(summary.to_pandas(), artifact_file="mix/realized_mix.json")
+
+
+# MLflow's UI keeps a shared runs-table view (columns, filter) as an experiment tag with this prefix
+# and opens it from the URL parameter ``viewStateShareKey`` (read from MLflow 3's bundled UI code).
+SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+
+
+def comparison_view_key(parent_run_id: str) -> str:
+    """The shared-view key of a sweep's side-by-side table of its mixes: one per parent run."""
+    return f"mixtune-{parent_run_id}"
+
+
+def comparison_view_state(parent_run_id: str, metrics: list[str], tags: list[str],
+                          params: list[str]) -> dict[str, Any]:
+    """The runs-table view of one sweep's mixes: the parent's child runs, these columns in this order.
+
+    Column ids are MLflow's canonical keys (``metrics.`name```); the state is
+    plain JSON, which the UI reads as well as its own compressed form.
+    """
+    columns = ([f"tags.`{t}`" for t in tags] + [f"metrics.`{m}`" for m in metrics]
+               + [f"params.`{p}`" for p in params])
+    return {"searchFilter": f"tags.`mlflow.parentRunId` = '{parent_run_id}'", "selectedColumns": columns,
+            "orderByKey": "attributes.start_time", "orderByAsc": True}
+
+
+def comparison_view_url(tracking_uri_: str, experiment_id: str, parent_run_id: str) -> str | None:
+    """The runs table of a sweep's mixes, side by side, on a tracking server; None for a file store."""
+    if not tracking_uri_.startswith(("http://", "https://")):
+        return None
+    return (f"{tracking_uri_.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?viewStateShareKey={comparison_view_key(parent_run_id)}")
 
 
 def run_url(tracking_uri_: str, experiment_id: str, run_id: str) -> str | None:

@@ -15,6 +15,7 @@ verdict and checks.
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 import re
@@ -41,7 +42,8 @@ from mixtune.sections import ModelConfig, StorageConfig, TrackingConfig
 from mixtune.storage.artifacts import ArtifactRef, ArtifactStore, code_version, fingerprint
 from mixtune.tasks._names import task_run_namer
 from mixtune.tasks._stage import stage_task
-from mixtune.tracking import run_url, tracking_uri
+from mixtune.tracking import (SHARED_VIEW_TAG_PREFIX, comparison_view_key, comparison_view_state,
+                              comparison_view_url, run_url, tracking_uri)
 
 REPORT_FILES = ("report.md", "report.html", "pareto.png")
 CURVE_FILES = ("curves.png",)  # when the training runs logged held-out losses
@@ -133,7 +135,8 @@ def _child_logs(comparison: core.Comparison) -> dict[str, dict[str, Any]]:
         logs[name] = {"metrics": metrics, "tags": {
             "verdict": comparison.verdicts[name], "recommended": "yes" if name == recommended else "no",
             "checks_not_passed": ", ".join(c.metric for c in failed) or "none",
-            "mlflow.note.content": note[:_MAX_TAG_CHARS]}}
+            "mlflow.note.content": note[:_MAX_TAG_CHARS]},
+            "scores": list(comparison.general_metrics)}  # logged by the mix run itself; named for the view
     return logs
 
 
@@ -141,10 +144,11 @@ def _child_logs(comparison: core.Comparison) -> dict[str, dict[str, Any]]:
       cache_policy=NO_CACHE)
 def log_comparison(metrics: dict[str, float], tags: dict[str, str], children: dict[str, dict[str, Any]],
                    report_dir: str, tracking: TrackingConfig, storage: StorageConfig,
-                   mlflow_run_id: str) -> str | None:
-    """Parent: metrics, tags (verdicts, recommendation, description) and report files; each child: its own.
+                   mlflow_run_id: str) -> tuple[str | None, str | None]:
+    """Parent: metrics, tags (verdicts, recommendation, description) and report files; each child: its own;
+    the experiment: a saved runs-table view of the mixes side by side.
 
-    Returns the parent run's UI address when the tracking URI is a server. Retried: network.
+    Returns the parent run's UI address and the view's when the tracking URI is a server. Retried: network.
     """
     from mlflow import MlflowClient
     from mlflow.entities import Metric, RunTag
@@ -173,8 +177,15 @@ def log_comparison(metrics: dict[str, float], tags: dict[str, str], children: di
     for name, payload in children.items():
         if name in child_ids:
             log(child_ids[name], payload["metrics"], payload["tags"])
+    # A saved view of the runs table: this sweep's mixes side by side, verdict and changes first.
+    deltas = sorted({k for p in children.values() for k in p["metrics"] if k.endswith("/delta")})
+    scores = sorted({k for p in children.values() for k in p["scores"]})
+    view = comparison_view_state(mlflow_run_id, deltas + scores, ["verdict", "recommended", "checks_not_passed"],
+                                 ["mix.domain_percent"])
+    client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG_PREFIX + comparison_view_key(mlflow_run_id),
+                              json.dumps(view))
     client.log_artifacts(mlflow_run_id, report_dir, artifact_path="comparison")
-    return run_url(uri, experiment_id, mlflow_run_id)
+    return run_url(uri, experiment_id, mlflow_run_id), comparison_view_url(uri, experiment_id, mlflow_run_id)
 
 
 def _folder_key(base: list[ArtifactRef], runs: dict[str, list[ArtifactRef]], eval_cfg: EvalConfig) -> str:
@@ -183,7 +194,7 @@ def _folder_key(base: list[ArtifactRef], runs: dict[str, list[ArtifactRef]], eva
 
 
 def _artifact_markdown(comparison: core.Comparison, ref: ArtifactRef, parent_url: str | None,
-                       mlflow_run_id: str | None) -> str:
+                       view_url: str | None, mlflow_run_id: str | None) -> str:
     """The Prefect pane: recommendation, the changes table with the verdict first, where to read more."""
     header, rows = report.changes_table(comparison)
 
@@ -201,6 +212,7 @@ def _artifact_markdown(comparison: core.Comparison, ref: ArtifactRef, parent_url
     parts += ["", f"Report with plot: `{ref.uri}/report.html`"]
     if parent_url:
         parts.append(f"MLflow parent run: [{mlflow_run_id}]({parent_url})")
+        parts.append(f"MLflow, the mixes side by side: [runs table]({view_url})")
     elif mlflow_run_id:
         parts.append(f"MLflow parent run: `{mlflow_run_id}` (file store: browse with `mlflow ui`)")
     return "\n".join(parts) + "\n"
@@ -221,7 +233,7 @@ def compare(base: list[ArtifactRef], runs: dict[str, list[ArtifactRef]], eval_cf
     )
     recommendation = comparison.recommendation
     key = _folder_key(base, runs, eval_cfg)
-    parent_url = None
+    parent_url = view_url = None
     with tempfile.TemporaryDirectory() as tmp:
         report_dir = Path(tmp)
         report.plot_pareto(comparison, report_dir / "pareto.png")
@@ -255,10 +267,11 @@ def compare(base: list[ArtifactRef], runs: dict[str, list[ArtifactRef]], eval_cf
             note = report.render_markdown(comparison, pareto_png=None).split("\n", 2)[-1]
             tags |= {"recommendation": recommendation.sentence[:_MAX_TAG_CHARS],
                      "mlflow.note.content": note[:_MAX_TAG_CHARS]}
-            parent_url = log_comparison(_mlflow_metrics(comparison), tags, _child_logs(comparison), str(report_dir),
-                                        tracking or TrackingConfig(), storage, mlflow_run_id)
+            parent_url, view_url = log_comparison(_mlflow_metrics(comparison), tags, _child_logs(comparison),
+                                                  str(report_dir), tracking or TrackingConfig(), storage,
+                                                  mlflow_run_id)
     create_markdown_artifact(
-        key="mix-comparison", markdown=_artifact_markdown(comparison, ref, parent_url, mlflow_run_id),
+        key="mix-comparison", markdown=_artifact_markdown(comparison, ref, parent_url, view_url, mlflow_run_id),
         description="Which mix to ship: recommendation, verdicts and changes with 95% intervals",
     )
     create_table_artifact(key="mix-scores", table=report.score_rows(comparison),

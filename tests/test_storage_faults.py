@@ -98,11 +98,12 @@ def test_storage_faults_a_full_or_read_only_disk_is_one_error_naming_root_and_pa
     _assert_one_error(run.stdout + run.stderr, f"storage {disk / 'store'} (storage.root): {reason}")
 
 
-def test_storage_faults_a_full_disk_under_mlflow_too_still_ends_on_the_enospc(tmp_path):
+def test_storage_faults_a_full_disk_under_mlflow_too_ends_on_one_error_naming_what_filled_up(tmp_path):
     """`mixtune run`: the default MLflow sqlite file sits beside the root, on the same full disk.
 
-    Ending the MLflow run then fails with "database or disk is full" while the stage's
-    ENOSPC is being handled; the last line is still the ENOSPC, naming root and path.
+    Whichever fills the disk first, a stage's write (ENOSPC) or the MLflow database (sqlite's
+    "database or disk is full", which names no file), the run ends on one error line that
+    says no space is left and names the path that filled up.
     """
     if not _can_mount_in_a_namespace(tmp_path):
         pytest.skip("unshare cannot mount a tmpfs here (user namespaces disabled)")
@@ -126,7 +127,9 @@ def test_storage_faults_a_full_disk_under_mlflow_too_still_ends_on_the_enospc(tm
     output = run.stdout + run.stderr
     assert run.returncode == 2, output[-3000:]
     last = output.strip().splitlines()[-1]
-    assert last.startswith(f"error: storage {disk / 'store'} (storage.root): no space left on device, at "), last
+    assert last.startswith((f"error: storage {disk / 'store'} (storage.root): no space left on device, at ",
+                            f"error: tracking.mlflow_tracking_uri: the MLflow database {disk / 'mlflow.db'}: "
+                            "no space left on device")), last
     assert [line for line in output.splitlines() if line.startswith("error: ")] == [last]
     # Prefect's records of the MLflow error raised while handling it stay in the log file.
     assert "Encountered exception during execution: MlflowException" not in output

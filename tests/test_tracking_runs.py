@@ -171,6 +171,30 @@ def test_an_identical_pipeline_rerun_reuses_its_parent_and_child_runs(pipeline_r
     assert sorted(m.step for m in losses) == [1, 2]
 
 
+def test_the_saved_runs_view_shows_the_mixes_side_by_side_in_columns_they_have(pipeline_reruns):
+    """The experiment keeps a runs-table view per sweep (MLflow's shared view state): every column it
+    selects is a metric, tag or param the mix's child run really carries, and it filters to them."""
+    import mlflow
+
+    from mixtune.tracking import SHARED_VIEW_TAG_PREFIX, comparison_view_key, comparison_view_url, tracking_uri
+
+    cfg, first, _, _, runs, _ = pipeline_reruns
+    client = mlflow.MlflowClient(tracking_uri(cfg.tracking, cfg.storage))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    view = json.loads(experiment.tags[SHARED_VIEW_TAG_PREFIX + comparison_view_key(first.mlflow_run_id)])
+    children = client.search_runs([experiment.experiment_id], view["searchFilter"])  # the UI's own filter
+    assert [r.info.run_name for r in children] == ["d100"]
+    data = children[0].data
+    have = ({f"metrics.`{k}`" for k in data.metrics} | {f"tags.`{k}`" for k in data.tags}
+            | {f"params.`{k}`" for k in data.params})
+    assert view["selectedColumns"][:3] == ["tags.`verdict`", "tags.`recommended`", "tags.`checks_not_passed`"]
+    assert any(c.startswith("metrics.`vs_base/") for c in view["selectedColumns"])
+    assert set(view["selectedColumns"]) <= have
+    server = comparison_view_url("http://127.0.0.1:5000", experiment.experiment_id, first.mlflow_run_id)
+    assert server.endswith(f"/runs?viewStateShareKey={comparison_view_key(first.mlflow_run_id)}")
+    assert comparison_view_url(tracking_uri(cfg.tracking, cfg.storage), "1", "r") is None  # a file store
+
+
 def test_a_cached_training_brings_its_curves_into_the_run_that_reused_it(pipeline_reruns):
     import mlflow
 
