@@ -26,9 +26,10 @@ def test_the_recommendation_is_printed_last_before_the_done_line(tmp_path, capsy
     assert lines[-1].startswith(f"{DONE_MARKER} {uri}/report.md")
     assert lines[-2] == SENTENCE
     mlflow_line = next(line for line in lines if line.startswith("mlflow:"))
-    # A file store has no server: the command to start one and the run's page on it.
+    # A file store has no server: the command to start one and the sweep's saved runs view on it.
     assert mlflow_line == (f"mlflow:    mlflow ui --backend-store-uri {tracking_uri(cfg.tracking, cfg.storage)}  "
-                           f"then open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}")
+                           f"then open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
+                           f"?viewStateShareKey=mixtune-{run_id}  (the mixes side by side)")
 
 
 def test_a_tracking_server_has_a_direct_run_address():

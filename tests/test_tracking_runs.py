@@ -239,3 +239,50 @@ def test_copy_training_curves_copies_steps_once_and_leaves_evaluation_metrics(tm
     assert sorted((m.step, m.value) for m in history) == [(m.step, m.value) for m in logged[:1200]]
     assert [(m.step, m.value) for m in client.get_metric_history(reused, "heldout/math/loss")] == [(0, 3.0), (600, 2.5)]
     assert "domain/rougeL" not in client.get_run(reused).data.metrics  # evaluation is the run's own
+
+
+# --- a run SIGKILLed mid-training, run again: the training resumes into the child run it started ---
+
+
+def test_a_training_killed_mid_run_resumes_into_the_mlflow_run_it_started(tmp_path):
+    import time
+
+    import mlflow
+    import yaml
+
+    from mixtune.tracking import tracking_uri
+
+    cfg = _pipeline_config(tmp_path)
+    raw = yaml.safe_load((tmp_path / "run.yaml").read_text())
+    raw["train"] |= {"max_steps": 400, "checkpoint_every_steps": 20, "logging_steps": 10, "eval_every_steps": None}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "-m", "mixtune.cli", "run", str(tmp_path / "run.yaml")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    checkpoints = Path(cfg.storage.root) / "checkpoints"
+    deadline = time.monotonic() + 240
+    while not list(checkpoints.glob("*/step-*/complete.json")):  # killed once a checkpoint is whole
+        assert first.poll() is None, "the first run ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.1)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+
+    client = mlflow.MlflowClient(tracking_uri(cfg.tracking, cfg.storage))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    (child,) = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    killed_at = max(m.step for m in client.get_metric_history(child.info.run_id, "train/loss"))
+    assert killed_at < 400
+
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    runs = client.search_runs([experiment.experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert [r.info.run_id for r in children] == [child.info.run_id]  # one child: the one training started in
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    steps = sorted({m.step for m in client.get_metric_history(child.info.run_id, "train/loss")})
+    assert steps[-1] == 400 and killed_at in steps  # before the kill and after the resume, in one history
+    assert set(range(10, 401, 10)) <= set(steps)
