@@ -286,17 +286,22 @@ def comparison_view_key(parent_run_id: str) -> str:
     return f"mixtune-{parent_run_id}"
 
 
-def comparison_view_state(parent_run_id: str, metrics: list[str], tags: list[str],
-                          params: list[str]) -> dict[str, Any]:
-    """The runs-table view of one sweep's mixes: the parent's child runs, these columns in this order.
+def comparison_view_state(parent_run_id: str, metrics: list[str], tags: list[str], params: list[str],
+                          order_by_metric: str | None = None) -> dict[str, Any]:
+    """The runs-table view of one sweep's mixes: the parent's child runs with these columns, sorted by
+    ``order_by_metric`` (highest first; else by name).
 
     Column ids are MLflow's canonical keys (``metrics.`name```); the state is
-    plain JSON, which the UI reads as well as its own compressed form.
+    plain JSON, which the UI reads as well as its own compressed form. It must
+    not sort by start time: the UI then nests child runs under their parent,
+    collapsed, and a shared view cannot expand them (``runsExpanded`` is not
+    shared), so the mixes would hide behind one parent row.
     """
     columns = ([f"tags.`{t}`" for t in tags] + [f"metrics.`{m}`" for m in metrics]
                + [f"params.`{p}`" for p in params])
-    return {"searchFilter": f"tags.`mlflow.parentRunId` = '{parent_run_id}'", "selectedColumns": columns,
-            "orderByKey": "attributes.start_time", "orderByAsc": True}
+    order = ({"orderByKey": f"metrics.`{order_by_metric}`", "orderByAsc": False} if order_by_metric
+             else {"orderByKey": "attributes.run_name", "orderByAsc": True})
+    return {"searchFilter": f"tags.`mlflow.parentRunId` = '{parent_run_id}'", "selectedColumns": columns, **order}
 
 
 def comparison_view_url(tracking_uri_: str, experiment_id: str, parent_run_id: str) -> str | None:

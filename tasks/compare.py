@@ -180,8 +180,9 @@ def log_comparison(metrics: dict[str, float], tags: dict[str, str], children: di
     # A saved view of the runs table: this sweep's mixes side by side, verdict and changes first.
     deltas = sorted({k for p in children.values() for k in p["metrics"] if k.endswith("/delta")})
     scores = sorted({k for p in children.values() for k in p["scores"]})
+    domain_gain = next((k for k in deltas if k.startswith("vs_base/domain/")), None)  # the best domain gain first
     view = comparison_view_state(mlflow_run_id, deltas + scores, ["verdict", "recommended", "checks_not_passed"],
-                                 ["mix.domain_percent"])
+                                 ["mix.domain_percent"], order_by_metric=domain_gain)
     client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG_PREFIX + comparison_view_key(mlflow_run_id),
                               json.dumps(view))
     client.log_artifacts(mlflow_run_id, report_dir, artifact_path="comparison")

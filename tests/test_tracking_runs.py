@@ -190,6 +190,8 @@ def test_the_saved_runs_view_shows_the_mixes_side_by_side_in_columns_they_have(p
     assert view["selectedColumns"][:3] == ["tags.`verdict`", "tags.`recommended`", "tags.`checks_not_passed`"]
     assert any(c.startswith("metrics.`vs_base/") for c in view["selectedColumns"])
     assert set(view["selectedColumns"]) <= have
+    # Sorted by the domain gain, not by start time: that would nest the mixes, collapsed, under the parent.
+    assert view["orderByKey"].startswith("metrics.`vs_base/domain/") and view["orderByKey"] in have
     server = comparison_view_url("http://127.0.0.1:5000", experiment.experiment_id, first.mlflow_run_id)
     assert server.endswith(f"/runs?viewStateShareKey={comparison_view_key(first.mlflow_run_id)}")
     assert comparison_view_url(tracking_uri(cfg.tracking, cfg.storage), "1", "r") is None  # a file store
