@@ -103,7 +103,7 @@ def add_to_report(report_dir: Path, curves: Curves) -> None:
     if not curves or plot_curves(curves, report_dir / "curves.png") is None:
         return
     intro = ("Loss per answer token on rows no run trained on, at step 0 (the base model) and every "
-             "train.eval_every_steps: each general category's held-out rows, the domain's validation rows, and "
+             "`train.eval_every_steps`: each general category's held-out rows, the domain's validation rows, and "
              "base_answers (the base model's own answers to held-out general prompts). A general set whose loss "
              "climbs is being forgotten while the run trains; the benchmarks above measure it afterwards.")
     table = curves_markdown(curves)
