@@ -24,7 +24,8 @@ from pathlib import Path
 
 for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                    "TOKENIZERS_PARALLELISM": "false", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-                   "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "TQDM_DISABLE": "1"}.items():
+                   "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "TQDM_DISABLE": "1",
+                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true"}.items():
     os.environ.setdefault(key, value)
 
 from mixtune.config import load_config  # noqa: E402
