@@ -349,7 +349,18 @@ def _mlflow_where(uri: str, run_id: str) -> str:
     if url := run_url(uri, experiment_id, run_id):
         return f"{url}\n  the mixes side by side: {comparison_view_url(uri, experiment_id, run_id)}"
     page = comparison_view_url("http://127.0.0.1:5000", experiment_id, run_id)
-    return f"mlflow ui --backend-store-uri {uri}  then open {page}  (the mixes side by side)"
+    return f"{_mlflow_command()} ui --backend-store-uri {uri}  then open {page}  (the mixes side by side)"
+
+
+def _mlflow_command() -> str:
+    """``mlflow`` when the shell finds this environment's one, else its path (a venv not activated)."""
+    import shutil
+
+    beside = Path(sys.executable).parent / "mlflow"
+    on_path = shutil.which("mlflow")
+    if beside.exists() and (on_path is None or Path(on_path).resolve() != beside.resolve()):
+        return str(beside)
+    return "mlflow"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

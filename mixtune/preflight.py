@@ -15,6 +15,8 @@ What is checked, without loading any weights:
   only a warning for ``config check``, which works offline.
 - ``eval.general_tasks``: offline, each name must be one of the shipped
   benchmarks; online, a task or group lm-eval knows.
+- ``data.sources``: a local file or folder must exist (remote ones, ``s3://``,
+  ``https://``, ``hf://``, are read by ``download``).
 """
 
 from __future__ import annotations
@@ -39,12 +41,29 @@ def check_config(cfg, *, hub_must_answer: bool = True) -> list[str]:
 
     Returns warnings: a hub model that could not be confirmed, when ``hub_must_answer`` is false.
     """
-    found = model_problems(cfg.model) + eval_task_problems(cfg.eval)
+    found = model_problems(cfg.model) + eval_task_problems(cfg.eval) + source_problems(cfg.data.sources)
     warnings = [] if hub_must_answer else [p for p in found if isinstance(p, _Unconfirmed)]
     problems = [p for p in found if p not in warnings]
     if problems:
         raise ConfigError([str(p) for p in problems])
     return [str(w) for w in warnings]
+
+
+def source_problems(sources) -> list[str]:
+    """``data.sources[i].uri: ... does not exist`` for each local source missing on disk.
+
+    Paths are absolute here (``load_config`` resolves them against the config
+    file's folder), so the message shows where mixtune looked.
+    """
+    problems = []
+    for i, source in enumerate(sources):
+        uri = source.uri
+        if "://" in uri or uri.startswith("hf:"):
+            continue
+        if not Path(uri).expanduser().exists():
+            problems.append(f"data.sources[{i}].uri: {uri} does not exist (source {source.name!r}; a relative "
+                            "path is read from the config file's folder)")
+    return problems
 
 
 def model_problems(model: ModelConfig) -> list[str]:

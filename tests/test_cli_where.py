@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mixtune.cli import DONE_MARKER, _print_where
+from mixtune.cli import DONE_MARKER, _mlflow_command, _print_where
 from mixtune.config import parse_config
 from mixtune.storage.artifacts import ArtifactStore
 from mixtune.tracking import mlflow_run, run_url, tracking_uri
@@ -27,7 +27,8 @@ def test_the_recommendation_is_printed_last_before_the_done_line(tmp_path, capsy
     assert lines[-2] == SENTENCE
     mlflow_line = next(line for line in lines if line.startswith("mlflow:"))
     # A file store has no server: the command to start one and the sweep's saved runs view on it.
-    assert mlflow_line == (f"mlflow:    mlflow ui --backend-store-uri {tracking_uri(cfg.tracking, cfg.storage)}  "
+    assert mlflow_line == (f"mlflow:    {_mlflow_command()} ui --backend-store-uri "
+                           f"{tracking_uri(cfg.tracking, cfg.storage)}  "
                            f"then open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
                            f"?viewStateShareKey=mixtune-{run_id}  (the mixes side by side)")
 
@@ -35,3 +36,12 @@ def test_the_recommendation_is_printed_last_before_the_done_line(tmp_path, capsy
 def test_a_tracking_server_has_a_direct_run_address():
     assert run_url("http://mlflow.internal:5000/", "3", "abc") == "http://mlflow.internal:5000/#/experiments/3/runs/abc"
     assert run_url("sqlite:///x/mlflow.db", "3", "abc") is None
+
+
+def test_the_printed_mlflow_command_runs_from_this_shell_without_an_activated_venv():
+    """`mixtune` runs as .venv/bin/mixtune with the venv not activated: `mlflow` alone may not be found."""
+    import subprocess
+
+    command = _mlflow_command()
+    assert subprocess.run([command, "--version"], capture_output=True, timeout=120).returncode == 0
+

@@ -203,7 +203,7 @@ def test_recommendation_all_inconclusive_asks_for_more_items():
     needed = {m: max(c.n_needed for checks in comparison.checks.values() for c in checks if c.metric == m)
               for m in (DOMAIN, "mmlu/acc")}
     assert f"Raise eval limits to n={needed[DOMAIN]} (domain ROUGE-L) and n=" in rec.sentence
-    assert rec.sentence.endswith(f"and n={needed['mmlu/acc']} (MMLU acc).")
+    assert rec.sentence.endswith(f"and n={needed['mmlu/acc']} (MMLU acc) to decide every mix.")
 
 
 def test_without_per_item_results_every_check_is_inconclusive():

@@ -92,6 +92,14 @@ def test_a_missing_model_folder_is_named_once(tmp_path, capsys):
     assert err.count("model.name_or_path") == 1 and "does not exist" in err
 
 
+def test_a_missing_data_file_is_refused_by_config_check_naming_the_source(tmp_path, capsys):
+    missing = tmp_path / "nothere.jsonl"
+    code, err = _check(tmp_path, capsys, data={"sources": [{"name": "med", "uri": str(missing), "columns": {
+        "kind": "prompt_response", "prompt": "question", "response": "answer"}}]})
+    assert code == 2
+    assert f"data.sources[0].uri: {missing} does not exist (source 'med'" in err
+
+
 def test_a_model_folder_without_a_tokenizer_is_refused(tmp_path, capsys, tiny_model_dir):
     folder = tmp_path / "weights-only"
     shutil.copytree(tiny_model_dir, folder)

@@ -439,7 +439,7 @@ def recommend(runs: list[RunScores], checks: dict[str, list[Check]], changes: di
                f"{', '.join(undecided)} fail no check conclusively and {best} comes closest")
         sentence = (f"Inconclusive: no mix passes at these sample sizes; {who} "
                     f"({'; '.join(fmt_change(metric_label(c.metric), c.change) for c in open_checks)}). "
-                    f"Raise eval limits to {limits}.")
+                    f"Raise eval limits to {limits}" + (" to decide every mix." if len(undecided) > 1 else "."))
         return Recommendation(UNDECIDED, best, sentence)
 
     best = min((r.name for r in runs), key=closeness)
