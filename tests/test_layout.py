@@ -95,7 +95,8 @@ def test_layout_has_no_import_cycle():
 
 
 def test_layout_core_has_no_prefect_import():
-    core = [m for m in MODULES if _layer(m) == LAYER["core"]]
+    # The CLI too lives in mixtune/: what it needs of Prefect comes through flows/.
+    core = [m for m in MODULES if _layer(m) in (LAYER["core"], LAYER["cli"])]
     offenders = [m for m in core for node in ast.walk(ast.parse(MODULES[m].read_text()))
                  if isinstance(node, (ast.Import, ast.ImportFrom))
                  and any(n.split(".")[0] == "prefect" for n in
